@@ -1,0 +1,199 @@
+"""Run folders: self-describing, atomic, never unpickled.
+
+A run folder holds::
+
+    config.json        format version, run configuration, tokenizer, corpus
+    model.safetensors  the weights to use (best by validation loss)
+    resume.pt          last weights + optimizer + progress, for --resume
+    metrics.jsonl      one JSON object per log line (plots read this)
+
+``model.safetensors`` carries a sha256 of its tensor bytes in its metadata, so
+a truncated or edited file is caught on load. ``resume.pt`` holds only
+tensors, numbers and strings and is read with ``torch.load(weights_only=True)``,
+which refuses to run code. Every file is written to a temporary name and
+renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from . import __version__
+from ._io import atomic_path, atomic_write_bytes, atomic_write_text
+from .config import FORMAT_VERSION, RunConfig
+from .errors import GenrnnError
+from .tokenizers import Tokenizer, tokenizer_from_dict
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+RESUME = "resume.pt"
+METRICS = "metrics.jsonl"
+
+
+# -- config.json ------------------------------------------------------------------
+
+
+def write_config(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, corpus: Dict[str, Any]) -> None:
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "genrnn_version": __version__,
+        "run": config.to_dict(),
+        "tokenizer": tokenizer.to_dict(),
+        "corpus": corpus,
+    }
+    atomic_write_text(run_dir / CONFIG, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_config(run_dir: Path) -> Tuple[RunConfig, Tokenizer, Dict[str, Any]]:
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise GenrnnError(f"no run folder at {run_dir}")
+    if not run_dir.is_dir():
+        raise GenrnnError(f"{run_dir} is a file, not a run folder (give the folder that holds {CONFIG})")
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise GenrnnError(f"{run_dir} is not a genrnn run folder: it has no {CONFIG}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GenrnnError(f"{path} is corrupt: {e}") from None
+    if not isinstance(doc, dict) or "format_version" not in doc:
+        raise GenrnnError(f"{path} is not a genrnn run configuration (no format_version)")
+    version = doc["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise GenrnnError(
+            f"{path} has format version {version!r}, but this genrnn ({__version__}) reads up to "
+            f"{FORMAT_VERSION}: upgrade genrnn to use this run"
+        )
+    try:
+        config = RunConfig.from_dict(doc["run"])
+        tokenizer = tokenizer_from_dict(doc["tokenizer"])
+    except KeyError as e:
+        raise GenrnnError(f"{path} is incomplete: missing {e}") from None
+    except (TypeError, ValueError) as e:
+        raise GenrnnError(f"{path} is corrupt: {e}") from None
+    return config, tokenizer, doc.get("corpus", {})
+
+
+# -- model.safetensors -----------------------------------------------------------------
+
+
+def _tensors(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The state dict without tied duplicates (safetensors stores each tensor once)."""
+    seen: Dict[int, str] = {}
+    out: Dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        key = t.data_ptr()
+        if key in seen and t.numel() > 0:
+            continue
+        seen[key] = name
+        out[name] = t.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def _data_section(blob: bytes) -> bytes:
+    (header_len,) = struct.unpack("<Q", blob[:8])
+    return blob[8 + header_len :]
+
+
+def save_weights(path: Path, model: nn.Module, meta: Optional[Dict[str, Any]] = None) -> None:
+    tensors = _tensors(model)
+    metadata = {k: str(v) for k, v in (meta or {}).items()}
+    metadata["format"] = f"genrnn/{FORMAT_VERSION}"
+    # the tensor bytes do not depend on the metadata, so hash a first
+    # serialization and store the digest in the second
+    digest = hashlib.sha256(_data_section(st_save(tensors, metadata))).hexdigest()
+    metadata["tensors_sha256"] = digest
+    atomic_write_bytes(path, st_save(tensors, metadata))
+
+
+def load_weights(path: Path, model: nn.Module) -> Dict[str, str]:
+    """Load ``path`` into ``model``; return the file's metadata."""
+    if not path.is_file():
+        raise GenrnnError(f"{path.parent} has no {path.name} yet: training stopped before its first save")
+    blob = path.read_bytes()
+    try:
+        tensors = st_load(blob)
+        (header_len,) = struct.unpack("<Q", blob[:8])
+        metadata = json.loads(blob[8 : 8 + header_len]).get("__metadata__", {}) or {}
+    except (SafetensorError, struct.error, ValueError, json.JSONDecodeError) as e:
+        raise GenrnnError(f"{path} is truncated or corrupt ({e}); retrain or restore it") from None
+    digest = metadata.get("tensors_sha256")
+    if digest is None or hashlib.sha256(_data_section(blob)).hexdigest() != digest:
+        raise GenrnnError(f"{path} has been modified or damaged: its checksum does not match; retrain or restore it")
+    _load_state(model, tensors, path)
+    return metadata
+
+
+def _load_state(model: nn.Module, tensors: Dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    for name, t in tensors.items():
+        if name not in expected:
+            raise GenrnnError(f"{path} does not match {CONFIG}: unexpected tensor {name!r}")
+        if tuple(expected[name].shape) != tuple(t.shape):
+            raise GenrnnError(
+                f"{path} does not match {CONFIG}: {name} has shape {tuple(t.shape)}, "
+                f"the configured model needs {tuple(expected[name].shape)}"
+            )
+    missing, _ = model.load_state_dict(tensors, strict=False)
+    tied = {n for n in missing if any(expected[n].data_ptr() == expected[m].data_ptr() for m in tensors)}
+    if set(missing) - tied:
+        raise GenrnnError(f"{path} does not match {CONFIG}: missing {sorted(set(missing) - tied)}")
+
+
+# -- resume.pt ---------------------------------------------------------------------------
+
+
+def save_resume(path: Path, payload: Dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_resume(path: Path) -> Dict[str, Any]:
+    if not path.is_file():
+        raise GenrnnError(f"{path.parent} has no {path.name}: nothing to resume (the run never reached its first save)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle that asks for code, ...
+        raise GenrnnError(f"{path} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise GenrnnError(f"{path} is not a genrnn resume file of format {FORMAT_VERSION}")
+    return payload
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    config: RunConfig
+    tokenizer: Tokenizer
+    corpus: Dict[str, Any]
+    model: nn.Module
+    metadata: Dict[str, str]
+
+
+def load_run(run_dir, device: torch.device = torch.device("cpu")) -> LoadedRun:
+    """Config, tokenizer and best weights of a run, ready for sampling."""
+    from .models import build_model  # local: models import config, not checkpoint
+
+    run_dir = Path(run_dir)
+    config, tokenizer, corpus = read_config(run_dir)
+    if config.model.vocab_size != tokenizer.vocab_size:
+        raise GenrnnError(
+            f"{run_dir / CONFIG} is inconsistent: the model has {config.model.vocab_size} outputs "
+            f"but the tokenizer {tokenizer.vocab_size} tokens"
+        )
+    model = build_model(config.model)
+    metadata = load_weights(run_dir / WEIGHTS, model)
+    model.to(device).eval()
+    return LoadedRun(run_dir, config, tokenizer, corpus, model, metadata)

@@ -1,0 +1,357 @@
+"""The ``genrnn`` command: parse, call the library, print.
+
+    genrnn train [CORPUS...] [options]     train (default corpus: python-docs)
+    genrnn sample RUN [--prompt TEXT]...   generate, streamed
+    genrnn eval RUN [CORPUS...]            loss, perplexity, bits per character
+    genrnn corpora                         named corpora and whether cached
+
+A user mistake (bad path, bad flag, corrupt checkpoint) prints one line,
+``genrnn: error: ...``, and exits with status 2 -- never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+from . import __version__
+from .errors import GenrnnError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# -- argument parsing ----------------------------------------------------------------
+
+
+def _corpus_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("corpus")
+    g.add_argument("--glob", default="*.txt", help="files to read from folders (default: *.txt)")
+    g.add_argument("--field", action="append", default=[], metavar="NAME",
+                   help="CSV/TSV column name (or 0-based index for header-less files) or JSONL key; "
+                        "repeat to join several with a space")
+    g.add_argument("--format", dest="fmt", default="auto", choices=["auto", "text", "csv", "tsv", "jsonl"],
+                   help="input format (default: from the file extension)")
+    g.add_argument("--encoding", default="utf-8", help="text encoding (default: strict utf-8)")
+    g.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"],
+                   help="what to do with bytes that do not decode (default: strict, an error)")
+
+
+def _train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a model on text",
+                       description="Train a recurrent language model. With no corpus, trains on the built-in "
+                                   "python-docs corpus. Options left out keep their defaults.")
+    p.add_argument("corpus", nargs="*", help="text files, folders, CSV/TSV/JSONL files or corpus names "
+                                             "(see 'genrnn corpora'); default: python-docs")
+    p.add_argument("--val", action="append", metavar="CORPUS", help="validation corpus (default: hold out --val-fraction)")
+    p.add_argument("--out", help="run folder (default: runs/<corpus>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder where it stopped")
+    _corpus_args(p)
+    S = argparse.SUPPRESS  # an option left out is not passed on, so defaults live in config.py
+    d = p.add_argument_group("data")
+    d.add_argument("--tokenizer", choices=["char", "word"], default=S, help="token level (default: char)")
+    d.add_argument("--lower", action="store_true", default=S, help="lower-case the text")
+    d.add_argument("--vocab-size", type=int, default=S, help="cap the vocabulary; rarer tokens become <unk>")
+    d.add_argument("--layout", choices=["stream", "lines"], default=S,
+                   help="stream: one long text (default); lines: one record per line/row, ending with <eos>")
+    d.add_argument("--seq-len", type=int, default=S, help="tokens per training window (default: 128)")
+    d.add_argument("--batch-size", type=int, default=S, help="windows per batch (default: 64)")
+    d.add_argument("--val-fraction", type=float, default=S, help="share held out for validation (default: 0.1)")
+    m = p.add_argument_group("model")
+    m.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=S, help="recurrent cell (default: lstm)")
+    m.add_argument("--layers", dest="num_layers", type=int, default=S, help="recurrent layers (default: 2)")
+    m.add_argument("--hidden-size", type=int, default=S, help="recurrent width (default: 256)")
+    m.add_argument("--embedding-size", type=int, default=S, help="input embedding width; 0 = one-hot input (default: 64)")
+    m.add_argument("--dropout", type=float, default=S, help="dropout between layers and on outputs (default: 0)")
+    m.add_argument("--tie-weights", action="store_true", default=S, help="share input embedding and output weights")
+    t = p.add_argument_group("training")
+    t.add_argument("--lr", type=float, default=S, help="peak learning rate (default: 3e-3 x (256/hidden)^0.8, at most 1e-2)")
+    t.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay (default: 0.01)")
+    t.add_argument("--warmup", type=float, default=S, help="warmup as a fraction of the run (default: 0.02)")
+    t.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm; 0 = off (default: 1.0)")
+    t.add_argument("--max-steps", type=int, default=S, help="stop after this many steps")
+    t.add_argument("--epochs", type=float, default=S, help="stop after this many passes over the data")
+    t.add_argument("--time", default=S, help="stop after this wall-clock time, e.g. 90s, 10m, 1h (default if no "
+                                              "other stop: 5m); the learning-rate schedule follows the clock")
+    t.add_argument("--eval-every", type=int, default=S, help="steps between validations (default: 200)")
+    t.add_argument("--save-every", type=int, default=S, help="steps between checkpoints (default: each validation)")
+    t.add_argument("--sample-every", type=int, default=S, help="steps between printed samples; 0 = none (default: 500)")
+    t.add_argument("--sample-prompt", default=S, help="prompt for those samples (default: empty)")
+    t.add_argument("--sample-length", type=int, default=S, help="tokens per sample (default: 200)")
+    t.add_argument("--seed", type=int, default=S, help="random seed (default: 1337)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=S, help="default: auto")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=S,
+                   help="auto: bf16 autocast on CUDA, float32 elsewhere")
+    t.add_argument("--threads", type=int, default=S, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only errors and the final summary")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genrnn", description="Generative recurrent networks: train and sample "
+                                     "character- and word-level RNN/LSTM/GRU text generators.")
+    parser.add_argument("--version", action="version", version=f"genrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _train_parser(sub)
+
+    s = sub.add_parser("sample", help="generate text from a trained run")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--prompt", action="append", help="prompt text; repeat for several (default: empty = new document)")
+    s.add_argument("--length", type=int, default=300, help="tokens to generate per sample (default: 300)")
+    s.add_argument("--temperature", type=float, action="append",
+                   help="sampling temperature; 0 = greedy; repeat to compare several (default: 1.0)")
+    s.add_argument("--top-k", type=int, help="sample only from the k most likely tokens")
+    s.add_argument("--top-p", type=float, help="sample only from the smallest set of tokens with probability >= p")
+    s.add_argument("--greedy", action="store_true", help="always take the most likely token (temperature 0)")
+    s.add_argument("--num-samples", "-n", type=int, default=1, help="samples per prompt and temperature (default: 1)")
+    s.add_argument("--seed", type=int, help="random seed: the same seed gives the same text")
+    s.add_argument("--stop", action="append", default=[], help="stop a sample at this text; repeatable")
+    s.add_argument("--json", action="store_true", help="one JSON object per sample instead of streamed text")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    e = sub.add_parser("eval", help="loss, perplexity and bits per character")
+    e.add_argument("run", help="run folder")
+    e.add_argument("corpus", nargs="*", help="corpus to evaluate on (default: the run's own validation split); "
+                                             "a named split as NAME:SPLIT, e.g. ptb:test")
+    _corpus_args(e)
+    e.add_argument("--json", action="store_true", help="print a JSON object")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+
+    c = sub.add_parser("corpora", help="list the named corpora")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .api import train
+    from .config import option_names, parse_duration
+
+    names = option_names()
+    options: Dict[str, Any] = {k: v for k, v in vars(args).items() if k in names}
+    if "time" in options:
+        options["time"] = parse_duration(options["time"])
+    reporter = _TrainReporter(progress=not args.no_progress and not args.quiet, quiet=args.quiet)
+    kwargs: Dict[str, Any] = dict(callbacks=reporter, progress_download=not args.quiet)
+    if args.resume:
+        if args.corpus:
+            raise GenrnnError("--resume continues a run on its own corpus; leave out the corpus")
+        run = train(resume=args.resume, **kwargs, **options)
+    else:
+        run = train(args.corpus or None, out=args.out, val=args.val, glob=args.glob, fields=args.field,
+                    encoding=args.encoding, errors=args.errors, format=args.fmt, **kwargs, **options)
+    return EXIT_INTERRUPTED if run.result.interrupted else 0
+
+
+class _TrainReporter:
+    """Progress bar (tqdm, on stderr) with loss, validation loss, tokens/s and ETA."""
+
+    def __init__(self, progress: bool, quiet: bool):
+        self.progress = progress
+        self.quiet = quiet
+        self.bar = None
+        self.by_time = False
+        self.val: Optional[float] = None
+        self.last: Dict[str, Any] = {}
+
+    def _print(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def on_start(self, info: Dict[str, Any]) -> None:
+        self.info = info
+        if self.quiet:
+            return
+        cfg = info["config"]
+        m, d = cfg["model"], cfg["data"]
+        stop = []
+        if info["total_steps"]:
+            stop.append(f"{info['total_steps']} steps")
+        if info["time_budget"]:
+            stop.append(f"{_fmt_time(info['time_budget'])}")
+        self._print(
+            f"genrnn: {m['num_layers']}x{m['hidden_size']} {m['cell'].upper()} "
+            f"({'one-hot' if m['embedding_size'] == 0 else 'embedding ' + str(m['embedding_size'])}), "
+            f"{info['parameters']:,} parameters, {d['tokenizer']} vocab {info['vocab_size']}\n"
+            f"genrnn: {info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation tokens, "
+            f"batch {info['batch_size']} x {d['seq_len']}, {info['steps_per_epoch']} steps/epoch, lr {info['lr']:.2g}\n"
+            f"genrnn: device {info['device']}; stop after {' or '.join(stop)}; run folder {info['run_dir']}"
+            + (f"\ngenrnn: resuming at step {info['resumed_at']}" if info["resumed_at"] else "")
+        )
+        if self.progress:
+            from tqdm import tqdm
+
+            self.by_time = not info["total_steps"]
+            total = info["time_budget"] if self.by_time else info["total_steps"]
+            initial = 0 if self.by_time else info["resumed_at"]
+            self.bar = tqdm(total=total, initial=initial, unit="s" if self.by_time else "step",
+                            file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
+                            if not self.by_time else "{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
+
+    def on_log(self, m: Dict[str, Any]) -> None:
+        self.last = m
+        if self.bar is not None:
+            post = f"loss {m['loss']:.3f}" + (f", val {self.val:.3f}" if self.val is not None else "") + \
+                   f", {m['tokens_per_s']:,.0f} tok/s, step {m['step']}"
+            self.bar.set_postfix_str(post, refresh=False)
+            if self.by_time:
+                self.bar.update(min(self.bar.total, m["time"]) - self.bar.n)
+            else:
+                self.bar.update(m["step"] - self.bar.n)
+        elif not self.quiet and m["step"] % (10 * max(1, self.info["config"]["train"]["log_every"])) == 0:
+            self._print(f"step {m['step']}: loss {m['loss']:.4f}, {m['tokens_per_s']:,.0f} tok/s, "
+                        f"lr {m['lr']:.2e}, {_fmt_time(m['time'])}")
+
+    def on_eval(self, m: Dict[str, Any]) -> None:
+        self.val = m["val_loss"]
+        if not self.quiet and self.bar is None:
+            self._print(f"step {m['step']}: val loss {m['val_loss']:.4f} ({m['val_bpc']:.3f} bits/char)"
+                        + (" *" if m.get("best") else ""))
+
+    def on_sample(self, step: int, text: str) -> None:
+        if not self.quiet:
+            self._print(f"--- sample at step {step} ---\n{text}\n---")
+
+    def on_save(self, step: int, path) -> None:
+        pass
+
+    def on_end(self, result) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        lines = []
+        if result.interrupted:
+            lines.append(f"genrnn: interrupted at step {result.step}; saved. Continue with: "
+                         f"genrnn train --resume {result.run_dir}")
+        else:
+            lines.append(f"genrnn: done, {result.step} steps in {_fmt_time(result.elapsed)} "
+                         f"({result.tokens_per_s:,.0f} tokens/s)")
+        if result.best_val:
+            b = result.best_val
+            lines.append(f"genrnn: best validation loss {b['loss']:.4f} nats/token, perplexity {b['perplexity']:.2f}, "
+                         f"{b['bits_per_char']:.3f} bits/char (step {b['step']})")
+        lines.append(f"genrnn: sample with: genrnn sample {result.run_dir} --prompt 'Hello'")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .api import load
+
+    run = load(args.run, device=args.device)
+    prompts = args.prompt or [""]
+    temps = [0.0] if args.greedy else (args.temperature or [1.0])
+    if args.num_samples < 1:
+        raise GenrnnError("--num-samples must be >= 1")
+    rows = [(p, t) for p in prompts for t in temps for _ in range(args.num_samples)]
+    streamed = not args.json
+    label = len(rows) > 1
+
+    def header(i: int) -> str:
+        p, t = rows[i]
+        return f"--- sample {i + 1}/{len(rows)}: prompt {p!r}, temperature {t:g} ---"
+
+    if streamed:
+        if label:
+            print(header(0), flush=True)
+        sys.stdout.write(rows[0][0])
+        sys.stdout.flush()
+
+    def on_text(i: int, piece: str) -> None:
+        if i == 0:  # row 0 streams live; the other rows of the batch print when done
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    completions = run.complete([p for p, _ in rows], length=args.length, temperature=[t for _, t in rows],
+                               top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
+                               on_text=on_text if streamed else None)
+    if args.json:
+        for i, (c, (p, t)) in enumerate(zip(completions, rows)):
+            print(json.dumps({"index": i, "prompt": c.prompt, "text": c.text, "tokens": c.tokens,
+                              "finish_reason": c.finish_reason, "temperature": t}, ensure_ascii=False))
+        return 0
+    print(flush=True)
+    for i in range(1, len(rows)):
+        print(header(i))
+        print(completions[i].prompt + completions[i].text, flush=True)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .api import load
+
+    run = load(args.run, device=args.device)
+    opts: Dict[str, Any] = {}
+    if args.corpus:
+        opts = dict(glob=args.glob, fields=tuple(args.field), encoding=args.encoding, errors=args.errors, fmt=args.fmt)
+    m = run.evaluate(args.corpus or None, **opts)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        what = " ".join(args.corpus) if args.corpus else "validation split"
+        print(f"{what}: loss {m['loss']:.4f} nats/token, perplexity {m['perplexity']:.2f}, "
+              f"{m['bits_per_char']:.4f} bits/char ({m['tokens']:,} tokens, {m['chars']:,} chars)")
+    return 0
+
+
+def cmd_corpora(args: argparse.Namespace) -> int:
+    from .corpora import list_corpora
+
+    rows = list_corpora()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        size = "built in" if r["size"] is None else _fmt_bytes(r["size"])
+        state = "cached" if r["cached"] else "not cached"
+        print(f"{r['name']:<{width}}  {size:>9}  {state:<10}  {r['description']}")
+    return 0
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "corpora": cmd_corpora}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="genrnn: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except GenrnnError as e:
+        print(f"genrnn: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ngenrnn: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `genrnn sample ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Held-out loss, perplexity and bits per character.
+
+All figures are token-weighted over the whole split: the summed negative
+log-likelihood (nats) divided by the number of targets. Bits per character
+works for any tokenizer: total nats / characters / ln 2, where characters are
+those of the evaluated text (see ``data.count_chars``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import IGNORE, EvalSet
+from .models import detach_state
+from .runtime import Runtime
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, eval_set: EvalSet, runtime: Runtime, max_tokens: Optional[int] = None) -> Dict[str, float]:
+    """Return ``loss`` (nats/token), ``perplexity``, ``bits_per_char``,
+    ``tokens`` and ``chars``. With ``max_tokens`` only the start of the split is
+    read and ``bits_per_char`` uses the whole split's chars-per-token ratio."""
+    was_training = model.training
+    model.eval()
+    total_nats, total_tokens = 0.0, 0
+    state = None
+    try:
+        for batch in eval_set.batches(max_tokens):
+            x, y = batch.x.to(runtime.device), batch.y.to(runtime.device)
+            if batch.reset:
+                state = None
+            with runtime.autocast():
+                logits, _, state = model(x, None, state)
+            state = detach_state(state)
+            nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+            total_nats += float(nats)
+            total_tokens += int((y != IGNORE).sum())
+    finally:
+        model.train(was_training)
+    return summarize(total_nats, total_tokens, eval_set.num_chars * total_tokens / max(1, eval_set.num_targets))
+
+
+def summarize(total_nats: float, tokens: int, chars: float) -> Dict[str, float]:
+    loss = total_nats / max(1, tokens)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bits_per_char": total_nats / max(1.0, chars) / math.log(2),
+        "tokens": tokens,
+        "chars": int(round(chars)),
+    }

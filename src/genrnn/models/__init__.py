@@ -1,0 +1,46 @@
+"""Model registry and the protocol every genrnn model follows.
+
+Every model is an ``nn.Module`` with::
+
+    forward(idx, targets=None, state=None) -> (logits, loss, state)
+        idx      (B, T) int64 token ids
+        targets  (B, T) int64, -100 where there is nothing to predict (padding)
+        logits   (B, T, V)
+        loss     mean cross-entropy over non-ignored targets, or None
+        state    recurrent state to carry into the next call (None: zeros)
+
+    prefill(idx, lengths, state=None) -> (last_logits (B, V), state)
+        runs prompts of different lengths as one batch; the state and logits are
+        those after each row's last real token.
+    step(idx (B,), state) -> (logits (B, V), state)
+        one token per row; generation calls this in a loop.
+
+so one ``generate()``, one ``evaluate()`` and one trainer serve them all. Models
+are built by name from :data:`MODELS` (the ``type`` field of ModelConfig).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch.nn as nn
+
+from ..config import ModelConfig
+from ..errors import GenrnnError
+from .rnn import RNNLM, State, detach_state, map_state
+
+MODELS: Dict[str, Callable[[ModelConfig], nn.Module]] = {"rnn": RNNLM}
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    config.validate()
+    if config.vocab_size <= 0:
+        raise GenrnnError("model needs a vocabulary size > 0 (build the tokenizer first)")
+    try:
+        factory = MODELS[config.type]
+    except KeyError:
+        raise GenrnnError(f"unknown model type {config.type!r}; known: {', '.join(MODELS)}") from None
+    return factory(config)
+
+
+__all__ = ["MODELS", "RNNLM", "State", "build_model", "detach_state", "map_state"]

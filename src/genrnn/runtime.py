@@ -1,0 +1,78 @@
+"""One place for device, precision and threads.
+
+``auto`` picks CUDA, then Apple's MPS, then the CPU. On CUDA, ``auto``
+precision is bf16 autocast where the GPU supports it (Ampere and later), else
+fp16 with a gradient scaler; on CPU and MPS it is plain float32, since autocast
+there is slower for recurrent layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager, Optional
+
+import torch
+
+from .errors import GenrnnError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dtype: Optional[torch.dtype]  # autocast dtype, None for float32
+
+    def autocast(self) -> ContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.dtype == torch.float16
+
+    def describe(self) -> str:
+        name = self.device.type
+        if name == "cuda":
+            name = f"cuda ({torch.cuda.get_device_name(self.device)})"
+        elif name == "cpu":
+            name = f"cpu ({torch.get_num_threads()} threads)"
+        return f"{name}, {'float32' if self.dtype is None else str(self.dtype).replace('torch.', '')}"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GenrnnError("--device cuda was asked for, but PyTorch sees no CUDA GPU (try --device auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise GenrnnError("--device mps was asked for, but MPS is not available (try --device auto)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise GenrnnError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def make_runtime(device: str = "auto", precision: str = "auto", threads: Optional[int] = None) -> Runtime:
+    dev = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    if precision == "auto":
+        if dev.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = None
+    elif precision == "fp32":
+        dtype = None
+    elif precision == "bf16":
+        dtype = torch.bfloat16
+    elif precision == "fp16":
+        if dev.type != "cuda":
+            raise GenrnnError("--precision fp16 needs a CUDA GPU; use bf16 or fp32")
+        dtype = torch.float16
+    else:
+        raise GenrnnError(f"unknown precision {precision!r}")
+    return Runtime(dev, dtype)

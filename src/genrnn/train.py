@@ -1,0 +1,449 @@
+"""The training loop: AdamW, warmup + cosine decay, clipping, truncated BPTT,
+periodic validation and samples, atomic checkpoints and exact resume.
+
+The trainer knows the model only through its protocol
+(``forward(idx, targets, state) -> (logits, loss, state)``) and reports
+progress through :class:`Callbacks`; it never prints.
+
+Exact resume. Everything the next step depends on is saved in ``resume.pt``:
+weights, optimizer moments, step/epoch/position, the carried recurrent state,
+and the RNG state (dropout). The data order is a pure function of
+(seed, epoch, step) and samples/evaluation use their own generators, so a run
+stopped at any save and resumed ends with the same weights as one that never
+stopped. Only the learning-rate schedule of a *time*-budgeted run depends on
+the clock, and so cannot be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint as ckpt
+from .config import RunConfig, auto_lr
+from .corpora import load_corpus
+from .data import IGNORE, Dataset, build_dataset
+from .errors import GenrnnError
+from .evaluate import evaluate
+from .models import build_model, detach_state, map_state
+from .runtime import Runtime, make_runtime
+from .sampling import SampleConfig, generate_tokens
+
+log = logging.getLogger(__name__)
+
+# options that may change when a run is resumed (they do not change what was learnt)
+RESUMABLE = {"max_steps", "epochs", "time", "eval_every", "eval_tokens", "log_every", "save_every",
+             "sample_every", "sample_prompt", "sample_length", "sample_temperature", "device", "threads"}
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Where the text comes from; saved so that ``eval``/``resume`` can re-read it."""
+
+    sources: Sequence[str] = ()
+    val: Optional[Sequence[str]] = None
+    glob: str = "*.txt"
+    fields: Sequence[str] = ()
+    encoding: str = "utf-8"
+    errors: str = "strict"
+    fmt: str = "auto"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"sources": list(self.sources), "val": None if self.val is None else list(self.val),
+                "glob": self.glob, "fields": list(self.fields), "encoding": self.encoding,
+                "errors": self.errors, "fmt": self.fmt}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "CorpusSpec":
+        return cls(sources=tuple(d.get("sources", ())), val=None if d.get("val") is None else tuple(d["val"]),
+                   glob=d.get("glob", "*.txt"), fields=tuple(d.get("fields", ())),
+                   encoding=d.get("encoding", "utf-8"), errors=d.get("errors", "strict"), fmt=d.get("fmt", "auto"))
+
+    def load(self, sources: Sequence[str], split: str = "train", progress: bool = False):
+        return load_corpus(list(sources), glob=self.glob, fields=tuple(self.fields), encoding=self.encoding,
+                           errors=self.errors, fmt=self.fmt, split=split, progress=progress)
+
+
+DEFAULT_CORPUS = "python-docs"
+DEFAULT_TIME = 300.0  # seconds, when no --max-steps, --epochs or --time is given
+
+
+def load_documents(spec: CorpusSpec, progress: bool = False):
+    """Training and validation documents for a corpus spec.
+
+    A single named corpus with a ``valid`` split (wikitext-2, ptb) validates on
+    it unless ``--val`` says otherwise."""
+    from .corpora import CORPORA, corpus_splits
+
+    sources = list(spec.sources) or [DEFAULT_CORPUS]
+    train_docs = spec.load(sources, "train", progress)
+    if spec.val is not None:
+        return train_docs, spec.load(spec.val, "train", progress)
+    if len(sources) == 1 and sources[0] in CORPORA and not Path(sources[0]).exists() \
+            and "valid" in corpus_splits(sources[0]):
+        return train_docs, spec.load(sources, "valid", progress)
+    return train_docs, None
+
+
+class Callbacks:
+    """Hooks for progress reporting; the CLI implements them with a progress bar."""
+
+    def on_start(self, info: Dict[str, Any]) -> None: ...
+    def on_log(self, metrics: Dict[str, Any]) -> None: ...
+    def on_eval(self, metrics: Dict[str, Any]) -> None: ...
+    def on_sample(self, step: int, text: str) -> None: ...
+    def on_save(self, step: int, path: Path) -> None: ...
+    def on_end(self, result: "TrainResult") -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    elapsed: float
+    best_val: Optional[Dict[str, float]]
+    interrupted: bool
+    tokens_per_s: float
+
+
+@dataclass
+class Progress:
+    """What the next step depends on besides weights and optimizer."""
+
+    step: int = 0
+    epoch: int = 0
+    index: int = 0  # step within the epoch
+    elapsed: float = 0.0
+    tokens: int = 0
+    best_val: Optional[Dict[str, float]] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def lr_at(fraction: float, base: float, warmup: float, min_ratio: float) -> float:
+    """Linear warmup over the first ``warmup`` of the run, then cosine decay to
+    ``base * min_ratio`` at the end. ``fraction`` is the part of the run done,
+    by steps or by the clock, so a time-budgeted run also ends annealed."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    if warmup > 0 and fraction < warmup:
+        return base * max(fraction / warmup, 0.01)
+    decay = (fraction - warmup) / max(1e-9, 1.0 - warmup)
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * decay)))
+
+
+def make_optimizer(model: nn.Module, lr: float, config: RunConfig, runtime: Runtime) -> torch.optim.Optimizer:
+    # weight decay on matrices only, not on biases (or the tied embedding twice)
+    decay, no_decay = [], []
+    for p in {id(p): p for p in model.parameters()}.values():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if runtime.device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=(config.train.beta1, config.train.beta2), **extra)
+
+
+def corpus_fingerprint(data: Dataset) -> str:
+    """Identifies the training data, so resume can refuse a changed corpus."""
+    h = hashlib.sha256()
+    train = data.train
+    if hasattr(train, "tokens"):
+        h.update(train.tokens.numpy().tobytes())
+    else:
+        for r in train.records:
+            h.update(r.tobytes())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _graceful_interrupt():
+    """First Ctrl-C asks the loop to stop at the next step boundary (so the
+    checkpoint is consistent); a second one interrupts at once."""
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def default_run_dir(spec: CorpusSpec) -> Path:
+    src = (list(spec.sources) or [DEFAULT_CORPUS])[0]
+    name = Path(str(src).rstrip("/")).stem or "corpus"
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in name.split(":")[0])
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, spec: CorpusSpec, run_dir: Path, *, resume: bool = False,
+                 callbacks: Optional[Callbacks] = None, progress_download: bool = False):
+        self.callbacks = callbacks or Callbacks()
+        self.run_dir = Path(run_dir)
+        self.spec = spec
+        config.validate()
+        self.runtime = make_runtime(config.train.device, config.train.precision, config.train.threads)
+        train_docs, val_docs = load_documents(spec, progress_download)
+        tokenizer = None
+        if resume:
+            _, tokenizer, _ = ckpt.read_config(self.run_dir)
+        self.data = build_dataset(train_docs, val_docs, config.data, seed=config.train.seed, tokenizer=tokenizer)
+        config = replace(config, model=replace(config.model, vocab_size=self.data.tokenizer.vocab_size))
+        self.config = config
+        torch.manual_seed(config.train.seed)
+        self.model = build_model(config.model).to(self.runtime.device)
+        self.lr = config.train.lr or auto_lr(config.model)
+        self.optimizer = make_optimizer(self.model, self.lr, config, self.runtime)
+        self.scaler = torch.amp.GradScaler("cuda") if self.runtime.needs_scaler else None
+        self.progress = Progress()
+        self.state = None  # recurrent state carried between windows
+        self.fingerprint = corpus_fingerprint(self.data)
+        if resume:
+            self._restore()
+        else:
+            self._start_run_dir()
+        spe = self.data.train.steps_per_epoch
+        t = config.train
+        if t.max_steps is None and t.epochs is None and t.time is None:
+            # the defaults are sized for a few minutes on a laptop CPU
+            t = replace(t, time=DEFAULT_TIME)
+            self.config = config = replace(config, train=t)
+        totals = [n for n in (t.max_steps, None if t.epochs is None else math.ceil(t.epochs * spe)) if n]
+        self.total_steps: Optional[int] = min(totals) if totals else None
+
+    # -- run folder ------------------------------------------------------------
+
+    def _start_run_dir(self) -> None:
+        if (self.run_dir / ckpt.CONFIG).exists():
+            raise GenrnnError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} "
+                              "or choose another --out")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        corpus = self.spec.to_dict()
+        corpus["fingerprint"] = self.fingerprint
+        ckpt.write_config(self.run_dir, self.config, self.data.tokenizer, corpus)
+        (self.run_dir / ckpt.METRICS).write_text("")
+
+    def _restore(self) -> None:
+        saved_config, _, corpus = ckpt.read_config(self.run_dir)
+        if corpus.get("fingerprint") != self.fingerprint:
+            raise GenrnnError(f"the training corpus differs from the one {self.run_dir} was started on; "
+                              "resume needs the same text")
+        payload = ckpt.load_resume(self.run_dir / ckpt.RESUME)
+        try:
+            ckpt._load_state(self.model, payload["model"], self.run_dir / ckpt.RESUME)
+            self.optimizer.load_state_dict(payload["optimizer"])
+            p = payload["progress"]
+            self.progress = Progress(step=int(p["step"]), epoch=int(p["epoch"]), index=int(p["index"]),
+                                     elapsed=float(p["elapsed"]), tokens=int(p["tokens"]),
+                                     best_val=json.loads(p["best_val"]) if p.get("best_val") else None)
+            torch.set_rng_state(payload["rng_cpu"])
+            if self.runtime.device.type == "cuda" and "rng_cuda" in payload:
+                torch.cuda.set_rng_state(payload["rng_cuda"])
+            state = payload.get("state")
+            if isinstance(state, (list, tuple)):
+                state = tuple(s.to(self.runtime.device) for s in state)
+            elif state is not None:
+                state = state.to(self.runtime.device)
+            self.state = state
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise GenrnnError(f"{self.run_dir / ckpt.RESUME} is incompatible with this run: {e}") from None
+        # drop log lines written after the checkpoint we resume from
+        path = self.run_dir / ckpt.METRICS
+        kept: List[str] = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= self.progress.step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a crash
+        path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def _save(self) -> None:
+        p = self.progress
+        payload = {
+            "format": ckpt.FORMAT_VERSION,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "progress": {"step": p.step, "epoch": p.epoch, "index": p.index, "elapsed": p.elapsed,
+                         "tokens": p.tokens, "best_val": json.dumps(p.best_val) if p.best_val else ""},
+            "rng_cpu": torch.get_rng_state(),
+            "state": map_state(lambda s: s.detach().cpu(), self.state),
+        }
+        if self.runtime.device.type == "cuda":
+            payload["rng_cuda"] = torch.cuda.get_rng_state()
+        ckpt.save_resume(self.run_dir / ckpt.RESUME, payload)
+        if self.data.val is None:  # nothing to choose by: the last weights are the ones to use
+            ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model, {"step": p.step})
+        self.callbacks.on_save(p.step, self.run_dir)
+
+    def _metrics(self, record: Dict[str, Any]) -> None:
+        with open(self.run_dir / ckpt.METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- loop --------------------------------------------------------------------
+
+    def fraction_done(self) -> float:
+        t = self.config.train
+        parts = [0.0]
+        if self.total_steps:
+            parts.append(self.progress.step / self.total_steps)
+        if t.time:
+            parts.append(self.progress.elapsed / t.time)
+        return max(parts)
+
+    def finished(self) -> bool:
+        t = self.config.train
+        if self.total_steps is not None and self.progress.step >= self.total_steps:
+            return True
+        return bool(t.time) and self.progress.elapsed >= t.time
+
+    def evaluate(self, max_tokens: Optional[int]) -> Optional[Dict[str, float]]:
+        if self.data.val is None:
+            return None
+        return evaluate(self.model, self.data.val, self.runtime, max_tokens)
+
+    def _eval_and_keep_best(self) -> None:
+        p = self.progress
+        metrics = self.evaluate(self.config.train.eval_tokens)
+        if metrics is None:
+            return
+        record = {"step": p.step, "time": round(p.elapsed, 3), "val_loss": metrics["loss"],
+                  "val_ppl": metrics["perplexity"], "val_bpc": metrics["bits_per_char"]}
+        if p.best_val is None or metrics["loss"] < p.best_val["loss"]:
+            p.best_val = dict(metrics, step=p.step)
+            ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model,
+                              {"step": p.step, "val_loss": metrics["loss"]})
+            record["best"] = True
+        self._metrics(record)
+        self.callbacks.on_eval(record)
+
+    def sample(self, prompt: str, length: int, temperature: float, seed: int) -> str:
+        tok = self.data.tokenizer
+        from .tokenizers import EOS_ID
+
+        ids = [EOS_ID] + tok.encode(prompt)
+        out: List[int] = []
+        cfg = SampleConfig(max_new_tokens=length, temperature=temperature, seed=seed)
+        with self.runtime.autocast():
+            for nxt in generate_tokens(self.model, [ids], cfg, self.runtime.device):
+                if int(nxt[0]) == EOS_ID:
+                    break
+                out.append(int(nxt[0]))
+        return prompt + tok.decode(out)
+
+    def run(self) -> TrainResult:
+        t = self.config.train
+        p = self.progress
+        data = self.data
+        spe = data.train.steps_per_epoch
+        self.callbacks.on_start({
+            "run_dir": str(self.run_dir), "device": self.runtime.describe(),
+            "parameters": sum(q.numel() for q in {id(q): q for q in self.model.parameters()}.values()),
+            "vocab_size": data.tokenizer.vocab_size, "train_tokens": data.train_targets,
+            "val_tokens": data.val.num_targets if data.val else 0, "steps_per_epoch": spe,
+            "batch_size": data.train.batch_size, "total_steps": self.total_steps, "time_budget": t.time,
+            "lr": self.lr, "resumed_at": p.step, "config": self.config.to_dict(),
+        })
+        save_every = t.save_every or t.eval_every
+        interrupted = False
+        self.model.train()
+        log_loss = torch.zeros((), device=self.runtime.device)
+        log_steps = log_tokens = 0
+        log_start = time.perf_counter()
+        clock = time.perf_counter() - p.elapsed
+        with _graceful_interrupt() as flag:
+            while not self.finished():
+                if flag["stop"]:
+                    interrupted = True
+                    break
+                batch = data.train.get(p.epoch, p.index)
+                if batch.reset or not data.train.carries_state:
+                    self.state = None
+                x = batch.x.to(self.runtime.device, non_blocking=True)
+                y = batch.y.to(self.runtime.device, non_blocking=True)
+                lr = lr_at(self.fraction_done(), self.lr, t.warmup, t.min_lr_ratio)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = lr
+                with self.runtime.autocast():
+                    _, loss, state = self.model(x, y, self.state)
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()
+                    self.scaler.unscale_(self.optimizer)
+                else:
+                    loss.backward()
+                if t.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.state = detach_state(state) if data.train.carries_state else None
+                n_tok = int((batch.y != IGNORE).sum())
+                p.step += 1
+                p.index += 1
+                if p.index >= spe:
+                    p.epoch, p.index = p.epoch + 1, 0
+                p.tokens += n_tok
+                log_loss += loss.detach()
+                log_steps += 1
+                log_tokens += n_tok
+                p.elapsed = time.perf_counter() - clock
+
+                if p.step % t.log_every == 0 or self.finished():
+                    now = time.perf_counter()
+                    record = {"step": p.step, "epoch": round(p.epoch + p.index / spe, 4), "time": round(p.elapsed, 3),
+                              "lr": lr, "loss": float(log_loss) / log_steps,
+                              "tokens_per_s": log_tokens / max(1e-9, now - log_start), "tokens": p.tokens}
+                    self._metrics(record)
+                    self.callbacks.on_log(record)
+                    log_loss.zero_()
+                    log_steps = log_tokens = 0
+                    log_start = now
+                if p.step % t.eval_every == 0 and not self.finished():
+                    self._eval_and_keep_best()
+                if t.sample_every and p.step % t.sample_every == 0 and not self.finished():
+                    text = self.sample(t.sample_prompt, t.sample_length, t.sample_temperature, seed=t.seed + p.step)
+                    self._metrics({"step": p.step, "sample": text})
+                    self.callbacks.on_sample(p.step, text)
+                if p.step % save_every == 0 and not self.finished():
+                    self._save()
+                # evaluation, samples and saving count against a time budget
+                p.elapsed = time.perf_counter() - clock
+            self._eval_and_keep_best()
+            self._save()
+        if t.sample_every and not interrupted:
+            text = self.sample(t.sample_prompt, t.sample_length, t.sample_temperature, seed=t.seed + p.step)
+            self._metrics({"step": p.step, "sample": text})
+            self.callbacks.on_sample(p.step, text)
+        result = TrainResult(self.run_dir, p.step, p.elapsed, p.best_val, interrupted,
+                             p.tokens / max(1e-9, p.elapsed))
+        self.callbacks.on_end(result)
+        return result
+
+
+def train(config: RunConfig, spec: CorpusSpec, run_dir: Optional[Path] = None, *, resume: bool = False,
+          callbacks: Optional[Callbacks] = None, progress_download: bool = False) -> TrainResult:
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(spec)
+    return Trainer(config, spec, run_dir, resume=resume, callbacks=callbacks,
+                   progress_download=progress_download).run()
