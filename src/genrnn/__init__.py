@@ -13,12 +13,6 @@ __version__ = "0.1.0"
 
 from .errors import GenrnnError  # noqa: E402
 
-__all__ = ["GenrnnError", "__version__", "train", "load", "TrainedModel"]
+from .api import TrainedModel, load, train  # noqa: E402
 
-
-def __getattr__(name):  # keep `import genrnn` light: torch loads on first use
-    if name in ("train", "load", "TrainedModel"):
-        from . import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module 'genrnn' has no attribute {name!r}")
+__all__ = ["GenrnnError", "TrainedModel", "__version__", "load", "train"]

@@ -20,7 +20,7 @@ from .errors import GenrnnError
 from .evaluate import evaluate
 from .runtime import make_runtime
 from .sampling import Completion, SampleConfig, complete
-from .train import RESUMABLE, Callbacks, CorpusSpec, TrainResult, Trainer, default_run_dir, load_documents
+from .trainer import RESUMABLE, Callbacks, CorpusSpec, TrainResult, Trainer, default_run_dir, load_documents
 
 Sources = Union[str, Path, Sequence[Union[str, Path]], None]
 

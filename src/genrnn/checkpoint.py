@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,9 @@ def read_config(run_dir: Path) -> Tuple[RunConfig, Tokenizer, Dict[str, Any]]:
     if not isinstance(doc, dict) or "format_version" not in doc:
         raise GenrnnError(f"{path} is not a genrnn run configuration (no format_version)")
     version = doc["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise GenrnnError(f"{path} is corrupt: format_version must be a positive integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise GenrnnError(
             f"{path} has format version {version!r}, but this genrnn ({__version__}) reads up to "
             f"{FORMAT_VERSION}: upgrade genrnn to use this run"
@@ -83,7 +86,10 @@ def read_config(run_dir: Path) -> Tuple[RunConfig, Tokenizer, Dict[str, Any]]:
         raise GenrnnError(f"{path} is incomplete: missing {e}") from None
     except (TypeError, ValueError) as e:
         raise GenrnnError(f"{path} is corrupt: {e}") from None
-    return config, tokenizer, doc.get("corpus", {})
+    corpus = doc.get("corpus", {})
+    if not isinstance(corpus, dict):
+        raise GenrnnError(f"{path} is corrupt: 'corpus' must be a JSON object, got {type(corpus).__name__}")
+    return config, tokenizer, corpus
 
 
 # -- model.safetensors -----------------------------------------------------------------
@@ -165,8 +171,12 @@ def load_resume(path: Path) -> Dict[str, Any]:
         raise GenrnnError(f"{path.parent} has no {path.name}: nothing to resume (the run never reached its first save)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated zip, a pickle that asks for code, ...
-        raise GenrnnError(f"{path} cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    except pickle.UnpicklingError:  # a pickle that asks for code or objects beyond tensors and numbers
+        raise GenrnnError(f"{path} holds more than tensors, numbers and strings, so it was not loaded "
+                          "(loading it could run code); it is corrupt or not from genrnn") from None
+    except Exception as e:  # a truncated zip, an empty file, ...
+        first = (str(e).splitlines() or [""])[0][:200]  # some errors have an empty message
+        raise GenrnnError(f"{path} is truncated or corrupt ({type(e).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise GenrnnError(f"{path} is not a genrnn resume file of format {FORMAT_VERSION}")
     return payload
@@ -193,7 +203,11 @@ def load_run(run_dir, device: torch.device = torch.device("cpu")) -> LoadedRun:
             f"{run_dir / CONFIG} is inconsistent: the model has {config.model.vocab_size} outputs "
             f"but the tokenizer {tokenizer.vocab_size} tokens"
         )
-    model = build_model(config.model)
+    try:
+        model = build_model(config.model)
+    except (TypeError, ValueError, RuntimeError) as e:  # a hand-edited field: wrong type, absurd size
+        raise GenrnnError(f"{run_dir / CONFIG} is corrupt: cannot build its model ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:200]})") from None
     metadata = load_weights(run_dir / WEIGHTS, model)
     model.to(device).eval()
     return LoadedRun(run_dir, config, tokenizer, corpus, model, metadata)

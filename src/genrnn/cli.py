@@ -351,6 +351,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # `genrnn sample ... | head`
         return 0
+    except OSError as e:  # e.g. --out names a file, or a folder that cannot be created
+        print(f"genrnn: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -169,6 +169,9 @@ def complete(model: nn.Module, tokenizer, prompts: Sequence[str], config: Sample
     holdback = max((len(s) for s in stop), default=1) - 1
     ids = [[EOS_ID] + tokenizer.encode(p) for p in prompts]
     decoders = [tokenizer.decoder() for _ in prompts]
+    for d, row in zip(decoders, ids):  # so the first new word is spaced after the prompt's last one
+        for tid in row:
+            d.push(tid)
     texts = [""] * len(prompts)
     emitted = [0] * len(prompts)
     counts = [0] * len(prompts)
