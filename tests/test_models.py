@@ -1,5 +1,6 @@
 """The recurrent language model: shapes, state carrying, prefill/step, the
-padding mask, weight tying, the registry, and overfitting a tiny corpus."""
+padding mask, weight tying, the registry, overfitting a tiny corpus, and the
+held-out evaluation of a model (loss, perplexity, bits per character)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genrnn.config import ModelConfig
-from genrnn.data import IGNORE, encode_stream
+from genrnn.config import DataConfig, ModelConfig
+from genrnn.data import IGNORE, count_chars, encode_stream, make_eval_set
 from genrnn.errors import GenrnnError
+from genrnn.evaluate import evaluate
 from genrnn.models import MODELS, RNNLM, build_model, detach_state, map_state
+from genrnn.runtime import make_runtime
 from genrnn.tokenizers import PAD_ID, build_tokenizer
 
 V = 11
@@ -268,19 +271,98 @@ def test_overfits_a_tiny_corpus(cell, embedding_size):
     model = build_model(ModelConfig(cell=cell, vocab_size=tokenizer.vocab_size, embedding_size=embedding_size,
                                     hidden_size=32, num_layers=1))
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-2)
-    _, first, _ = model(x, y)
+    with torch.no_grad():
+        _, first, _ = model(x, y)
     for _ in range(300):
         _, loss, _ = model(x, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if float(loss) < 0.02:
+        if loss.item() < 0.02:
             break
     model.eval()
-    _, loss, _ = model(x, y)
+    with torch.no_grad():
+        _, loss, _ = model(x, y)
+        logits, _, _ = model(x)
     assert float(first) > 2.0
     assert float(loss) < 0.05
     # and it reproduces the text greedily from <eos>
-    logits, _, _ = model(x)
     assert tokenizer.decode(logits.argmax(-1)[0].tolist()) == text
     assert float(F.cross_entropy(logits[0], y[0])) < 0.05
+
+
+# -- evaluation ---------------------------------------------------------------------------
+
+EVAL_TEXTS = ["the cat sat on the mat, and the dog sat on the log.", "a short one", "",
+              "then the cat ran off; the dog did not follow it at all"]
+CPU = make_runtime("cpu", "fp32")
+
+
+@pytest.mark.parametrize("layout", ["stream", "lines"])
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_evaluate_uniform_model_gives_ln_v(layout, kind):
+    texts = [t for t in EVAL_TEXTS if t]
+    tokenizer = build_tokenizer(kind, texts)
+    config = DataConfig(tokenizer=kind, layout=layout, batch_size=3, seq_len=5)
+    eval_set = make_eval_set(tokenizer, texts, config)
+    model = make_model("lstm", 6, vocab_size=tokenizer.vocab_size)
+    with torch.no_grad():  # every logit 0: the uniform distribution
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    model.train()
+    result = evaluate(model, eval_set, CPU)
+    assert model.training  # put back as it was
+    Vt = tokenizer.vocab_size
+    tokens, chars = eval_set.num_targets, count_chars(texts, layout)
+    assert result["tokens"] == tokens and result["chars"] == chars
+    assert result["loss"] == pytest.approx(math.log(Vt), rel=1e-6)
+    assert result["perplexity"] == pytest.approx(Vt, rel=1e-5)
+    assert result["bits_per_char"] == pytest.approx(math.log(Vt) / math.log(2) * tokens / chars, rel=1e-6)
+    if kind == "char":
+        assert tokens == chars  # one target per character (an <eos> stands for a line break)
+    else:
+        assert tokens < chars
+
+
+@torch.no_grad()
+def test_evaluate_stream_equals_one_pass_over_the_text():
+    """One lane: the windows with the state carried are one forward over the stream."""
+    texts = [t for t in EVAL_TEXTS if t]
+    tokenizer = build_tokenizer("char", texts)
+    eval_set = make_eval_set(tokenizer, texts, DataConfig(batch_size=1, seq_len=7))
+    model = make_model("gru", 6, vocab_size=tokenizer.vocab_size)
+    tokens = eval_set.tokens
+    _, loss, _ = model(tokens[None, :-1], tokens[None, 1:])
+    result = evaluate(model, eval_set, CPU)
+    assert result["tokens"] == len(tokens) - 1
+    assert result["loss"] == pytest.approx(float(loss), abs=1e-5)
+
+
+@torch.no_grad()
+def test_evaluate_lines_equals_the_mean_over_records():
+    texts = [t for t in EVAL_TEXTS if t] + ["x", "cat"]
+    tokenizer = build_tokenizer("char", texts)
+    eval_set = make_eval_set(tokenizer, texts, DataConfig(layout="lines", batch_size=2, seq_len=200))
+    model = make_model("lstm", 0, vocab_size=tokenizer.vocab_size)
+    nats, n = 0.0, 0
+    for r in eval_set.records:
+        r = torch.from_numpy(r)[None]
+        _, loss, _ = model(r[:, :-1], r[:, 1:])
+        nats += float(loss) * (r.shape[1] - 1)
+        n += r.shape[1] - 1
+    result = evaluate(model, eval_set, CPU)
+    assert result["tokens"] == n
+    assert result["loss"] == pytest.approx(nats / n, abs=1e-5)
+    assert result["bits_per_char"] == pytest.approx(nats / count_chars(texts, "lines") / math.log(2), abs=1e-5)
+
+
+@torch.no_grad()
+def test_evaluate_max_tokens_scales_the_characters():
+    texts = ["the cat sat on the mat and the dog sat on the log " * 4]
+    tokenizer = build_tokenizer("word", texts)
+    eval_set = make_eval_set(tokenizer, texts, DataConfig(tokenizer="word", batch_size=2, seq_len=4))
+    model = make_model("rnn", 6, vocab_size=tokenizer.vocab_size)
+    part = evaluate(model, eval_set, CPU, max_tokens=10)
+    assert part["tokens"] == 10
+    ratio = eval_set.num_chars / eval_set.num_targets  # characters per token of the whole split
+    assert part["bits_per_char"] == pytest.approx(part["loss"] / ratio / math.log(2), rel=1e-6)

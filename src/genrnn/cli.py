@@ -84,7 +84,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=S, help="random seed (default: 1337)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=S, help="default: auto")
     t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=S,
-                   help="auto: bf16 autocast on CUDA, float32 elsewhere")
+                   help="auto = fp32 (TF32 on CUDA); bf16 or fp16 turn on autocast")
     t.add_argument("--threads", type=int, default=S, help="CPU threads (default: PyTorch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only errors and the final summary")

@@ -82,7 +82,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 def sample_next(logits: torch.Tensor, temperature: torch.Tensor, top_k: Optional[int], top_p: Optional[float],
                 generator: Optional[torch.Generator]) -> torch.Tensor:
     """One token per row from logits (B, V) -> (B,)."""
-    logits = logits.float()
+    logits = logits.float().clone()  # ours to change: never write into the model's (maybe shared) tensor
     logits[:, PAD_ID] = float("-inf")  # padding is never a word
     greedy = logits.argmax(dim=-1)
     if bool((temperature == 0).all()):
