@@ -32,6 +32,16 @@ TINY = dict(hidden_size=32, num_layers=1, embedding_size=16, seq_len=32, batch_s
 RUN_FILES = {"config.json", "model.safetensors", "resume.pt", "metrics.jsonl"}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine two threads
+    contend and a test takes 10x longer. Restored afterwards for other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _train(tmp_path_factory, name: str, **options) -> genrnn.TrainedModel:
     folder = tmp_path_factory.mktemp(name)
     corpus = folder / "corpus.txt"
@@ -228,8 +238,13 @@ def test_garbage_config(run_copy, raw):
     lambda d: d["run"]["model"].update(dropout="lots"),
     lambda d: d["run"]["model"].update(unknown_option=1),
     lambda d: d["run"]["model"].update(vocab_size=5),
+    lambda d: d["run"]["data"].update(seq_len="x"),
+    lambda d: d["run"]["train"].update(device="tpu"),
+    lambda d: d["corpus"].update(sources=5),
+    lambda d: d["corpus"].update(val="other.txt"),
 ], ids=["version string", "version bool", "version 0", "corpus list", "tokenizer int", "run null",
-        "cell", "type list", "dropout string", "unknown key", "vocab size"])
+        "cell", "type list", "dropout string", "unknown key", "vocab size",
+        "seq_len string", "device", "corpus sources int", "corpus val string"])
 def test_edited_config_is_an_error_not_a_crash(run_copy, edit):
     _edit_config(run_copy, edit)
     with pytest.raises(GenrnnError):

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import genrnn
 from genrnn.cli import main
@@ -27,6 +28,16 @@ from genrnn.cli import main
 TINY = ["--hidden-size", "32", "--layers", "1", "--embedding-size", "16", "--seq-len", "32",
         "--batch-size", "8", "--max-steps", "20", "--eval-every", "10", "--sample-every", "0",
         "--no-progress", "-q"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine two threads
+    contend and a test takes 10x longer. Restored afterwards for other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:
@@ -386,8 +397,9 @@ def test_bad_flag_value_is_an_argparse_error(capsys):
 
 
 def genrnn_process(*argv, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see _one_thread
     return subprocess.run([sys.executable, "-m", "genrnn", *map(str, argv)], capture_output=True, text=True,
-                          encoding="utf-8", timeout=120, cwd=cwd)
+                          encoding="utf-8", timeout=120, cwd=cwd, env=env)
 
 
 def test_console_entry_point_is_declared():

@@ -130,7 +130,15 @@ def test_stream_small_corpus_shrinks_the_batch():
     assert StreamBatches(torch.arange(20), batch_size=8, seq_len=10, span=1, seed=0).batch_size == 1
 
 
-@pytest.mark.parametrize("n", [0, 1, 10, 19])
+def test_stream_text_just_over_one_window_still_trains():
+    sb = StreamBatches(torch.arange(13), batch_size=2, seq_len=10, span=4, seed=0)
+    assert sb.batch_size == 1 and sb.max_offset == 2
+    for epoch in range(20):  # every offset keeps the window inside the text
+        batch = sb.get(epoch, 0)
+        assert batch.y[0, -1] <= 12 and torch.equal(batch.y, batch.x + 1)
+
+
+@pytest.mark.parametrize("n", [0, 1, 10])
 def test_stream_too_short_raises(n):
     with pytest.raises(GenrnnError, match="too few"):
         StreamBatches(torch.arange(n), batch_size=2, seq_len=10, span=4, seed=0)

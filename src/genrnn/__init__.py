@@ -13,6 +13,13 @@ __version__ = "0.1.0"
 
 from .errors import GenrnnError  # noqa: E402
 
-from .api import TrainedModel, load, train  # noqa: E402
-
 __all__ = ["GenrnnError", "TrainedModel", "__version__", "load", "train"]
+
+
+def __getattr__(name):
+    # `genrnn --help` and `--version` should not pay for importing torch
+    if name in ("train", "load", "TrainedModel"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'genrnn' has no attribute {name!r}")

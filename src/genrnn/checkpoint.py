@@ -86,10 +86,35 @@ def read_config(run_dir: Path) -> Tuple[RunConfig, Tokenizer, Dict[str, Any]]:
         raise GenrnnError(f"{path} is incomplete: missing {e}") from None
     except (TypeError, ValueError) as e:
         raise GenrnnError(f"{path} is corrupt: {e}") from None
+    try:  # a hand-edited value of the wrong type or range fails here, not deep in training or eval
+        config.validate()
+    except (GenrnnError, TypeError, ValueError) as e:
+        raise GenrnnError(f"{path} is corrupt: {e}") from None
     corpus = doc.get("corpus", {})
-    if not isinstance(corpus, dict):
-        raise GenrnnError(f"{path} is corrupt: 'corpus' must be a JSON object, got {type(corpus).__name__}")
+    _check_corpus(path, corpus)
     return config, tokenizer, corpus
+
+
+def _check_corpus(path: Path, corpus: Any) -> None:
+    """The corpus entry must have the types that ``CorpusSpec.from_dict`` expects."""
+
+    def strings(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    problem = None
+    if not isinstance(corpus, dict):
+        problem = f"'corpus' must be a JSON object, got {type(corpus).__name__}"
+    else:
+        for key in ("sources", "fields"):
+            if key in corpus and not strings(corpus[key]):
+                problem = f"corpus {key!r} must be a list of strings"
+        if corpus.get("val") is not None and not strings(corpus["val"]):
+            problem = "corpus 'val' must be null or a list of strings"
+        for key in ("glob", "encoding", "errors", "fmt"):
+            if key in corpus and not isinstance(corpus[key], str):
+                problem = f"corpus {key!r} must be a string"
+    if problem:
+        raise GenrnnError(f"{path} is corrupt: {problem}")
 
 
 # -- model.safetensors -----------------------------------------------------------------

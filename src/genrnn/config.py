@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -116,11 +117,21 @@ class TrainConfig:
     def validate(self) -> None:
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
-        if self.lr is not None and self.lr <= 0:
-            raise GenrnnError(f"--lr must be > 0, got {self.lr}")
+        if self.lr is not None and not (0 < self.lr < math.inf):
+            raise GenrnnError(f"--lr must be a number > 0, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not (0 <= value < math.inf):
+                raise GenrnnError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        for name in ("save_every", "threads"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        _positive("sample_length", self.sample_length)
+        if not (0 <= self.sample_temperature < math.inf):
+            raise GenrnnError(f"sample temperature must be >= 0, got {self.sample_temperature}")
         for name in ("max_steps", "epochs", "time"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not (0 < value < math.inf):
                 raise GenrnnError(f"--{name.replace('_', '-')} must be > 0, got {value}")
         for name in ("eval_every", "log_every", "eval_tokens"):
             _positive(name, getattr(self, name))
@@ -171,11 +182,10 @@ def auto_lr(model: ModelConfig) -> float:
 def option_names() -> Dict[str, str]:
     """Map every flat option name (``hidden_size``, ``lr``...) to its group."""
     names: Dict[str, str] = {}
-    for group, cls in (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig)):
+    # data first: the user's vocab_size is DataConfig's cap; ModelConfig's is derived
+    for group, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
         for f in dataclasses.fields(cls):
-            if f.name in names:  # vocab_size lives in data (cap); model's is derived
-                continue
-            names[f.name] = group
+            names.setdefault(f.name, group)
     return names
 
 

@@ -157,7 +157,11 @@ class StreamBatches:
         self.tokens = tokens
         self.seq_len = seq_len
         self.seed = seed
-        n_windows = (len(tokens) - 1 - (seq_len - 1)) // seq_len  # worst case after the random offset
+        # windows that fit after any offset in [0, seq_len); a text too short
+        # for that still gets one window and a smaller offset range
+        n_windows = (len(tokens) - seq_len) // seq_len or (len(tokens) - 1) // seq_len
+        # each epoch starts at a random offset in [0, max_offset]
+        self.max_offset = min(seq_len - 1, len(tokens) - 1 - n_windows * seq_len)
         if n_windows < 1:
             raise GenrnnError(
                 f"the training text has {len(tokens)} tokens, too few for --seq-len {seq_len}; "
@@ -176,7 +180,7 @@ class StreamBatches:
     def _plan(self, epoch: int) -> Tuple[np.ndarray, int]:
         if self._cache[0] != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            offset = int(rng.integers(self.seq_len))
+            offset = int(rng.integers(self.max_offset + 1))
             n_blocks = self.rounds * self.batch_size
             order = rng.permutation(n_blocks)
             self._cache = (epoch, order, offset)
@@ -272,6 +276,7 @@ class EvalSet:
             return
         B = max(1, min(self.batch_size, n // self.seq_len))
         lane = -(-n // B)
+        B = -(-n // lane)  # no lane of padding only
         x = torch.full((B * lane,), PAD_ID, dtype=torch.long)
         y = torch.full((B * lane,), IGNORE, dtype=torch.long)
         x[:n] = tokens[:-1]

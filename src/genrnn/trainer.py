@@ -228,6 +228,10 @@ class Trainer:
             self.config = config = replace(config, train=t)
         totals = [n for n in (t.max_steps, None if t.epochs is None else math.ceil(t.epochs * spe)) if n]
         self.total_steps: Optional[int] = min(totals) if totals else None
+        if resume and self.finished():
+            raise GenrnnError(f"{self.run_dir} already reached its stopping rule (step {self.progress.step}, "
+                              f"{self.progress.elapsed:.0f}s); give a larger --max-steps, --epochs or --time "
+                              "to train on")
 
     # -- run folder ------------------------------------------------------------
 
