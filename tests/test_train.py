@@ -18,7 +18,8 @@ import genrnn
 from genrnn import checkpoint as ckpt
 from genrnn.trainer import Callbacks, lr_at
 
-TINY = dict(hidden_size=24, num_layers=1, embedding_size=8, seq_len=16, batch_size=4,
+# state_span > 1 so that resume must also restore the carried recurrent state
+TINY = dict(hidden_size=24, num_layers=1, embedding_size=8, seq_len=16, batch_size=4, state_span=4,
             eval_every=5, sample_every=0, log_every=1, dropout=0.1, seed=7)
 
 
@@ -98,7 +99,7 @@ def test_resume_refuses_changes_that_alter_learning(corpus, tmp_path):
 def test_kill_9_then_resume_matches_uninterrupted(corpus, tmp_path):
     args = [sys.executable, "-m", "genrnn", "train", str(corpus), "--max-steps", "60", "--save-every", "3",
             "--hidden-size", "24", "--layers", "1", "--embedding-size", "8", "--seq-len", "16",
-            "--batch-size", "4", "--eval-every", "5", "--sample-every", "0", "--dropout", "0.1",
+            "--batch-size", "4", "--state-span", "4", "--eval-every", "5", "--sample-every", "0", "--dropout", "0.1",
             "--seed", "7", "--no-progress", "-q"]
     env = dict(os.environ, GENRNN_OFFLINE="1")
     subprocess.run(args + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True, timeout=300)

@@ -60,6 +60,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--seq-len", type=int, default=S, help="tokens per training window (default: 128)")
     d.add_argument("--batch-size", type=int, default=S, help="windows per batch (default: 64)")
     d.add_argument("--val-fraction", type=float, default=S, help="share held out for validation (default: 0.1)")
+    d.add_argument("--state-span", type=int, default=S,
+                   help="stream layout: windows a lane walks with its recurrent state carried (truncated BPTT) "
+                        "before batches are reshuffled; 1 = independent windows (default: 1)")
     m = p.add_argument_group("model")
     m.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=S, help="recurrent cell (default: lstm)")
     m.add_argument("--layers", dest="num_layers", type=int, default=S, help="recurrent layers (default: 2)")
@@ -68,7 +71,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--dropout", type=float, default=S, help="dropout between layers and on outputs (default: 0)")
     m.add_argument("--tie-weights", action="store_true", default=S, help="share input embedding and output weights")
     t = p.add_argument_group("training")
-    t.add_argument("--lr", type=float, default=S, help="peak learning rate (default: 3e-3 x (256/hidden)^0.8, at most 1e-2)")
+    t.add_argument("--lr", type=float, default=S, help="peak learning rate (default: 1e-2, x (256/hidden)^0.8 above width 256)")
     t.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay (default: 0.01)")
     t.add_argument("--warmup", type=float, default=S, help="warmup as a fraction of the run (default: 0.02)")
     t.add_argument("--grad-clip", type=float, default=S, help="clip the gradient norm; 0 = off (default: 1.0)")

@@ -19,7 +19,8 @@ carried from window to window along a lane (truncated BPTT)::
     step:    s=0 s=1 s=2 ...      (state reset at the start of each round)
 
 so batches are equal-sized and shuffled across epochs, yet the state sees
-long context. The order is a pure function of (seed, epoch, step), which is
+long context. The default span is 1 (independent windows, a zero state for
+each), which trained best in short budgets; see DESIGN.md. The order is a pure function of (seed, epoch, step), which is
 what makes resume exact.
 
 ``lines`` -- one record per line (or per table row), ``<eos> record <eos>``.
