@@ -366,3 +366,33 @@ def test_evaluate_max_tokens_scales_the_characters():
     assert part["tokens"] == 10
     ratio = eval_set.num_chars / eval_set.num_targets  # characters per token of the whole split
     assert part["bits_per_char"] == pytest.approx(part["loss"] / ratio / math.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_stacked_layers_with_dropout_equal_the_fused_module_in_eval(cell):
+    """With inter-layer dropout the model stacks single-layer cells (so the
+    dropout masks come from PyTorch's generator); with the same weights and
+    dropout off it must compute exactly what the fused multi-layer module does."""
+    from genrnn.models.rnn import StackedRNN
+
+    torch.manual_seed(0)
+    fused = build_model(ModelConfig(vocab_size=20, embedding_size=8, hidden_size=16, num_layers=3, cell=cell)).eval()
+    stacked = build_model(ModelConfig(vocab_size=20, embedding_size=8, hidden_size=16, num_layers=3, cell=cell,
+                                      dropout=0.3)).eval()
+    assert isinstance(stacked.rnn, StackedRNN) and not isinstance(fused.rnn, StackedRNN)
+    weights = {}
+    for name, value in fused.state_dict().items():
+        if name.startswith("rnn."):
+            base, layer = name[len("rnn."):].rsplit("_l", 1)
+            name = f"rnn.layers.{layer}.{base}_l0"
+        weights[name] = value
+    stacked.load_state_dict(weights)
+    x = torch.randint(0, 20, (3, 9))
+    lengths = torch.tensor([9, 4, 6])
+    (la, _, sa), (lb, _, sb) = fused(x), stacked(x)
+    assert torch.allclose(la, lb, atol=1e-5)
+    for a, b in zip(sa if isinstance(sa, tuple) else (sa,), sb if isinstance(sb, tuple) else (sb,)):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    pa, _ = fused.prefill(x, lengths)
+    pb, _ = stacked.prefill(x, lengths)
+    assert torch.allclose(pa, pb, atol=1e-5)

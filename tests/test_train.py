@@ -18,8 +18,9 @@ import genrnn
 from genrnn import checkpoint as ckpt
 from genrnn.trainer import Callbacks, lr_at
 
-# state_span > 1 so that resume must also restore the carried recurrent state
-TINY = dict(hidden_size=24, num_layers=1, embedding_size=8, seq_len=16, batch_size=4, state_span=4,
+# state_span > 1 so that resume must also restore the carried recurrent state;
+# 2 layers with dropout so that it must restore the inter-layer dropout stream
+TINY = dict(hidden_size=24, num_layers=2, embedding_size=8, seq_len=16, batch_size=4, state_span=4,
             eval_every=5, sample_every=0, log_every=1, dropout=0.1, seed=7)
 
 
@@ -98,7 +99,7 @@ def test_resume_refuses_changes_that_alter_learning(corpus, tmp_path):
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_uninterrupted(corpus, tmp_path):
     args = [sys.executable, "-m", "genrnn", "train", str(corpus), "--max-steps", "60", "--save-every", "3",
-            "--hidden-size", "24", "--layers", "1", "--embedding-size", "8", "--seq-len", "16",
+            "--hidden-size", "24", "--layers", "2", "--embedding-size", "8", "--seq-len", "16",
             "--batch-size", "4", "--state-span", "4", "--eval-every", "5", "--sample-every", "0", "--dropout", "0.1",
             "--seed", "7", "--no-progress", "-q"]
     env = dict(os.environ, GENRNN_OFFLINE="1")
@@ -132,7 +133,7 @@ def test_same_seed_same_run(corpus, tmp_path):
     assert_same_weights(last_weights(tmp_path / "a"), last_weights(tmp_path / "b"))
     assert a.generate("the", length=30, seed=3) == b.generate("the", length=30, seed=3)
     c = genrnn.train(corpus, out=tmp_path / "c", max_steps=8, **{**TINY, "seed": 8})
-    assert not torch.equal(last_weights(tmp_path / "a")["rnn.weight_hh_l0"], last_weights(tmp_path / "c")["rnn.weight_hh_l0"])
+    assert not torch.equal(last_weights(tmp_path / "a")["head.weight"], last_weights(tmp_path / "c")["head.weight"])
 
 
 def test_unknown_option_is_an_error(corpus, tmp_path):
@@ -150,3 +151,9 @@ def test_api_generate_and_evaluate(corpus, tmp_path):
     assert math.isclose(m["perplexity"], math.exp(m["loss"]), rel_tol=1e-9)
     again = genrnn.load(tmp_path / "r").evaluate()
     assert again == m
+
+
+def test_deterministic_option_trains_and_is_saved(corpus, tmp_path):
+    run = genrnn.train(corpus, out=tmp_path / "d", max_steps=3, deterministic=True, **TINY)
+    assert run.config.train.deterministic
+    torch.use_deterministic_algorithms(False)  # leave the process as other tests expect it

@@ -89,6 +89,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=S,
                    help="auto = fp32 (TF32 on CUDA); bf16 or fp16 turn on autocast")
     t.add_argument("--threads", type=int, default=S, help="CPU threads (default: PyTorch's choice)")
+    t.add_argument("--deterministic", action="store_true", default=S,
+                   help="bitwise-reproducible runs on CUDA (deterministic cuBLAS/cuDNN kernels; somewhat slower). "
+                        "CPU runs are reproducible without it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only errors and the final summary")
     return p

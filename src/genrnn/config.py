@@ -115,6 +115,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     threads: Optional[int] = None
+    deterministic: bool = False  # bitwise-reproducible CUDA runs, at some speed
 
     def validate(self) -> None:
         _choice("device", self.device, DEVICES)

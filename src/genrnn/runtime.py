@@ -12,6 +12,7 @@ models where it pays.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from typing import ContextManager, Optional
 
@@ -59,10 +60,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def make_runtime(device: str = "auto", precision: str = "auto", threads: Optional[int] = None) -> Runtime:
+def make_runtime(device: str = "auto", precision: str = "auto", threads: Optional[int] = None,
+                 deterministic: bool = False) -> Runtime:
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(threads)
+    if deterministic:
+        # cuBLAS and cuDNN otherwise may pick kernels whose sums vary run to run;
+        # the workspace setting must be in place before cuBLAS starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

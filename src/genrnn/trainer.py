@@ -200,7 +200,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.spec = spec
         config.validate()
-        self.runtime = make_runtime(config.train.device, config.train.precision, config.train.threads)
+        self.runtime = make_runtime(config.train.device, config.train.precision, config.train.threads,
+                                    config.train.deterministic)
         train_docs, val_docs = load_documents(spec, progress_download)
         tokenizer = None
         if resume:

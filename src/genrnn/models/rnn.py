@@ -15,7 +15,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
 
@@ -38,6 +38,37 @@ def detach_state(state: State) -> State:
     return map_state(lambda s: s.detach(), state)
 
 
+class StackedRNN(nn.Module):
+    """``num_layers`` single-layer cells with dropout between them, a drop-in
+    for ``nn.LSTM(..., num_layers, dropout=p, batch_first=True)``.
+
+    Used when there is inter-layer dropout. cuDNN's fused multi-layer kernels
+    draw that dropout from a random state of their own that cannot be saved,
+    so a run resumed on CUDA would not continue the way it would have; here
+    the masks come from PyTorch's generator, which the checkpoint restores.
+    """
+
+    def __init__(self, cell: type, input_size: int, hidden_size: int, num_layers: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            cell(input_size if i == 0 else hidden_size, hidden_size, num_layers=1, batch_first=True)
+            for i in range(num_layers)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, state: State = None):
+        finals = []
+        for i, layer in enumerate(self.layers):
+            if i > 0:
+                x = x._replace(data=self.drop(x.data)) if isinstance(x, PackedSequence) else self.drop(x)
+            layer_state = map_state(lambda s: s[i : i + 1], state)  # (1, B, H) slices of (L, B, H)
+            x, layer_state = layer(x, layer_state)
+            finals.append(layer_state)
+        if isinstance(finals[0], tuple):  # LSTM: (h, c)
+            return x, tuple(torch.cat(parts) for parts in zip(*finals))
+        return x, torch.cat(finals)
+
+
 class RNNLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -45,13 +76,11 @@ class RNNLM(nn.Module):
         V, E, H = config.vocab_size, config.embedding_size, config.hidden_size
         self.embedding = nn.Embedding(V, E) if E > 0 else None
         self.drop = nn.Dropout(config.dropout)
-        self.rnn = _CELLS[config.cell](
-            input_size=E if E > 0 else V,
-            hidden_size=H,
-            num_layers=config.num_layers,
-            batch_first=True,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-        )
+        cell, in_size, L = _CELLS[config.cell], (E if E > 0 else V), config.num_layers
+        if config.dropout > 0 and L > 1:
+            self.rnn = StackedRNN(cell, in_size, H, L, config.dropout)
+        else:  # one fused call for all layers (cuDNN / oneDNN)
+            self.rnn = cell(input_size=in_size, hidden_size=H, num_layers=L, batch_first=True)
         self.head = nn.Linear(H, V)
         if config.tie_weights:  # Press & Wolf 2017; sizes checked in ModelConfig.validate
             self.head.weight = self.embedding.weight
