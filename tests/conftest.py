@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,3 +34,13 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's real cache or the network from a test."""
     monkeypatch.setenv("GENRNN_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("GENRNN_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny test models run fastest on one thread; on a busy 2-core machine two
+    threads contend and a test can take ten times longer."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -32,15 +32,6 @@ TINY = dict(hidden_size=32, num_layers=1, embedding_size=16, seq_len=32, batch_s
 RUN_FILES = {"config.json", "model.safetensors", "resume.pt", "metrics.jsonl"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads
-    contend and a test takes 10x longer. Restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _train(tmp_path_factory, name: str, **options) -> genrnn.TrainedModel:
     folder = tmp_path_factory.mktemp(name)

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import genrnn
 from genrnn.cli import main
@@ -29,15 +28,6 @@ TINY = ["--hidden-size", "32", "--layers", "1", "--embedding-size", "16", "--seq
         "--batch-size", "8", "--max-steps", "20", "--eval-every", "10", "--sample-every", "0",
         "--no-progress", "-q"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads
-    contend and a test takes 10x longer. Restored afterwards for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cli(capsys, *argv) -> tuple[int, str, str]:

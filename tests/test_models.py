@@ -23,14 +23,6 @@ CELLS = ["lstm", "gru", "rnn"]
 EMBEDDINGS = [0, 6]  # 0: one-hot input
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_model(cell: str = "lstm", embedding_size: int = 6, hidden_size: int = 16, num_layers: int = 2,
                vocab_size: int = V, seed: int = 0, **kw) -> RNNLM:

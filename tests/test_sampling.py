@@ -34,14 +34,6 @@ PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[Heal
 NEG_INF = float("-inf")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class FixedLogits(nn.Module):
     """A model whose next-token logits are always ``logits`` (V,), whatever it reads."""

@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
-import torch
 
 from . import checkpoint as ckpt
 from .config import RunConfig, option_names, override, parse_duration
