@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 
 from . import checkpoint as ckpt
-from .config import RunConfig, option_names, override, parse_duration
+from .config import RunConfig, override, parse_duration
 from .data import build_dataset, make_eval_set, document_texts
 from .errors import GenrnnError
 from .evaluate import evaluate
@@ -121,9 +121,6 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
         trainer = Trainer(run_config, spec, run_dir, resume=True, callbacks=callbacks,
                           progress_download=progress_download)
     else:
-        unknown = [k for k in options if k not in option_names()]
-        if unknown:
-            override(RunConfig(), **{unknown[0]: None})  # raises with suggestions
         run_config = override(config or RunConfig(), **options)
         spec = CorpusSpec(sources=_sources(corpus), val=None if val is None else _sources(val), glob=glob,
                           fields=tuple(str(f) for f in fields), encoding=encoding, errors=errors, fmt=format)

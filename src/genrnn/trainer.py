@@ -19,12 +19,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -33,15 +32,14 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from .config import RunConfig, auto_lr
-from .corpora import load_corpus
+from .corpora import CORPORA, corpus_splits, load_corpus
 from .data import IGNORE, Dataset, build_dataset
 from .errors import GenrnnError
 from .evaluate import evaluate
 from .models import build_model, detach_state, map_state
 from .runtime import Runtime, make_runtime
 from .sampling import SampleConfig, generate_tokens
-
-log = logging.getLogger(__name__)
+from .tokenizers import EOS_ID
 
 # options that may change when a run is resumed (they do not change what was learnt)
 RESUMABLE = {"max_steps", "epochs", "time", "eval_every", "eval_tokens", "log_every", "save_every",
@@ -85,8 +83,6 @@ def load_documents(spec: CorpusSpec, progress: bool = False):
 
     A single named corpus with a ``valid`` split (wikitext-2, ptb) validates on
     it unless ``--val`` says otherwise."""
-    from .corpora import CORPORA, corpus_splits
-
     sources = list(spec.sources) or [DEFAULT_CORPUS]
     train_docs = spec.load(sources, "train", progress)
     if spec.val is not None:
@@ -128,7 +124,6 @@ class Progress:
     elapsed: float = 0.0
     tokens: int = 0
     best_val: Optional[Dict[str, float]] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def lr_at(fraction: float, base: float, warmup: float, min_ratio: float) -> float:
@@ -343,8 +338,6 @@ class Trainer:
 
     def sample(self, prompt: str, length: int, temperature: float, seed: int) -> str:
         tok = self.data.tokenizer
-        from .tokenizers import EOS_ID
-
         ids = [EOS_ID] + tok.encode(prompt)
         out: List[int] = []
         cfg = SampleConfig(max_new_tokens=length, temperature=temperature, seed=seed)
@@ -445,10 +438,3 @@ class Trainer:
                              p.tokens / max(1e-9, p.elapsed))
         self.callbacks.on_end(result)
         return result
-
-
-def train(config: RunConfig, spec: CorpusSpec, run_dir: Optional[Path] = None, *, resume: bool = False,
-          callbacks: Optional[Callbacks] = None, progress_download: bool = False) -> TrainResult:
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(spec)
-    return Trainer(config, spec, run_dir, resume=resume, callbacks=callbacks,
-                   progress_download=progress_download).run()
