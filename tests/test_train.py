@@ -157,3 +157,12 @@ def test_deterministic_option_trains_and_is_saved(corpus, tmp_path):
     run = genrnn.train(corpus, out=tmp_path / "d", max_steps=3, deterministic=True, **TINY)
     assert run.config.train.deterministic
     torch.use_deterministic_algorithms(False)  # leave the process as other tests expect it
+
+
+def test_a_run_killed_before_its_first_checkpoint_can_start_again(corpus, tmp_path):
+    genrnn.train(corpus, out=tmp_path / "r", max_steps=2, **TINY)
+    (tmp_path / "r" / "resume.pt").unlink()  # as if killed before the first save
+    (tmp_path / "r" / "model.safetensors").unlink()
+    with pytest.raises(genrnn.GenrnnError, match="start it again with the same --out"):
+        genrnn.train(resume=tmp_path / "r")
+    assert genrnn.train(corpus, out=tmp_path / "r", max_steps=2, **TINY).result.step == 2

@@ -193,7 +193,8 @@ def save_resume(path: Path, payload: Dict[str, Any]) -> None:
 
 def load_resume(path: Path) -> Dict[str, Any]:
     if not path.is_file():
-        raise GenrnnError(f"{path.parent} has no {path.name}: nothing to resume (the run never reached its first save)")
+        raise GenrnnError(f"{path.parent} has no {path.name}: nothing to resume (the run never reached its first save); "
+                          "start it again with the same --out")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # a pickle that asks for code or objects beyond tensors and numbers

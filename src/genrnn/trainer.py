@@ -232,7 +232,9 @@ class Trainer:
     # -- run folder ------------------------------------------------------------
 
     def _start_run_dir(self) -> None:
-        if (self.run_dir / ckpt.CONFIG).exists():
+        # a folder whose run stopped before its first checkpoint holds nothing
+        # to lose or resume, so a new run may start there
+        if (self.run_dir / ckpt.CONFIG).exists() and (self.run_dir / ckpt.RESUME).exists():
             raise GenrnnError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} "
                               "or choose another --out")
         self.run_dir.mkdir(parents=True, exist_ok=True)
