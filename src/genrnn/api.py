@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from . import checkpoint as ckpt
 from .config import RunConfig, override, parse_duration
-from .data import build_dataset, make_eval_set, document_texts
+from .data import document_texts, make_eval_set, split_documents
 from .errors import GenrnnError
 from .evaluate import evaluate
 from .runtime import make_runtime
@@ -77,16 +77,13 @@ class TrainedModel:
         run's own validation split when no corpus is given."""
         cfg = self.config.data
         if corpus is None:
-            train_docs, val_docs = load_documents(self.corpus)
-            ds = build_dataset(train_docs, val_docs, cfg, seed=self.config.train.seed, tokenizer=self.tokenizer)
-            if ds.val is None:
+            _, texts = split_documents(*load_documents(self.corpus), cfg)
+            if not texts:
                 raise GenrnnError(f"{self.run_dir} was trained without a validation split; give a corpus to evaluate on")
-            eval_set = ds.val
         else:
             spec = replace(self.corpus, **corpus_options) if corpus_options else self.corpus
-            docs = spec.load(_sources(corpus))
-            eval_set = make_eval_set(self.tokenizer, document_texts(docs, cfg.layout), cfg)
-        return evaluate(self.model, eval_set, self.runtime)
+            texts = document_texts(spec.load(_sources(corpus)), cfg.layout)
+        return evaluate(self.model, make_eval_set(self.tokenizer, texts, cfg), self.runtime)
 
 
 def load(run_dir: Union[str, Path], device: str = "auto") -> TrainedModel:

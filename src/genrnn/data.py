@@ -313,6 +313,17 @@ def make_eval_set(tokenizer: Tokenizer, texts: List[str], config: DataConfig) ->
     return EvalSet("stream", encode_stream(tokenizer, texts), None, chars, config.batch_size, config.seq_len)
 
 
+def split_documents(train_docs: Sequence[Document], val_docs: Optional[Sequence[Document]],
+                    config: DataConfig) -> Tuple[List[str], List[str]]:
+    """Training and validation texts: ``val_docs`` if given, else a held-out part."""
+    texts = document_texts(train_docs, config.layout)
+    if not texts:
+        raise GenrnnError("the training corpus has no text")
+    if val_docs is not None:
+        return texts, document_texts(val_docs, config.layout)
+    return split_texts(texts, config.val_fraction, config.layout, snap_to_space=config.tokenizer != "char")
+
+
 def build_dataset(
     train_docs: Sequence[Document],
     val_docs: Optional[Sequence[Document]],
@@ -323,14 +334,7 @@ def build_dataset(
 ) -> Dataset:
     """Split (unless ``val_docs`` is given), build the tokenizer from the
     training text (unless given, e.g. on resume) and lay out the batches."""
-    texts = document_texts(train_docs, config.layout)
-    if not texts:
-        raise GenrnnError("the training corpus has no text")
-    if val_docs is not None:
-        train_texts, val_texts = texts, document_texts(val_docs, config.layout)
-    else:
-        train_texts, val_texts = split_texts(texts, config.val_fraction, config.layout,
-                                             snap_to_space=config.tokenizer != "char")
+    train_texts, val_texts = split_documents(train_docs, val_docs, config)
     if tokenizer is None:
         tokenizer = build_tokenizer(config.tokenizer, train_texts, lower=config.lower, vocab_size=config.vocab_size)
     if config.layout == "lines":
