@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from .errors import GenrnnError
-from .tokenizers import PAD_ID
+from .tokenizers import EOS_ID, PAD_ID
 
 Temperature = Union[float, Sequence[float], torch.Tensor]
 
@@ -185,8 +185,6 @@ def complete(model: nn.Module, tokenizer, prompts: Sequence[str], config: Sample
     as it is produced; text that could still turn into a stop string is held
     back until it cannot.
     """
-    from .tokenizers import EOS_ID
-
     stop = [s for s in stop if s]
     holdback = max((len(s) for s in stop), default=1) - 1
     ids = [[EOS_ID] + tokenizer.encode(p) for p in prompts]

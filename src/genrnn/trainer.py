@@ -38,8 +38,7 @@ from .errors import GenrnnError
 from .evaluate import evaluate
 from .models import build_model, detach_state, map_state
 from .runtime import Runtime, make_runtime
-from .sampling import SampleConfig, generate_tokens
-from .tokenizers import EOS_ID
+from .sampling import SampleConfig, complete
 
 # options that may change when a run is resumed (they do not change what was learnt)
 RESUMABLE = {"max_steps", "epochs", "time", "eval_every", "eval_tokens", "log_every", "save_every",
@@ -339,16 +338,10 @@ class Trainer:
         self.callbacks.on_eval(record)
 
     def sample(self, prompt: str, length: int, temperature: float, seed: int) -> str:
-        tok = self.data.tokenizer
-        ids = [EOS_ID] + tok.encode(prompt)
-        out: List[int] = []
         cfg = SampleConfig(max_new_tokens=length, temperature=temperature, seed=seed)
-        with self.runtime.autocast():
-            for nxt in generate_tokens(self.model, [ids], cfg, self.runtime.device):
-                if int(nxt[0]) == EOS_ID:
-                    break
-                out.append(int(nxt[0]))
-        return prompt + tok.decode(out)
+        done = complete(self.model, self.data.tokenizer, [prompt], cfg, device=self.runtime.device,
+                        autocast=self.runtime.autocast())[0]
+        return prompt + done.text
 
     def run(self) -> TrainResult:
         t = self.config.train
