@@ -55,7 +55,7 @@ def _word() -> WordTokenizer:
 def test_special_ids_are_shared():
     assert (PAD_ID, UNK_ID, EOS_ID) == (0, 1, 2)
     assert SPECIALS == ("<pad>", "<unk>", "<eos>")
-    assert set(TOKENIZERS) == {"char", "word"}
+    assert set(TOKENIZERS) == {"char", "word", "whitespace"}
     for kind, cls in TOKENIZERS.items():
         tok = build_tokenizer(kind, "hello world")
         assert type(tok) is cls and isinstance(tok, Tokenizer) and tok.kind == kind
@@ -191,7 +191,7 @@ def test_word_lower():
 
 # --- both kinds ---------------------------------------------------------------------------
 
-KINDS = pytest.mark.parametrize("kind", ["char", "word"])
+KINDS = pytest.mark.parametrize("kind", ["char", "word", "whitespace"])
 
 
 @KINDS
@@ -329,3 +329,33 @@ def test_books_round_trip(shared_data):
             assert tok.decode(ids) == text
         else:
             assert tok.encode(tok.decode(ids)) == ids
+
+
+# -- whitespace -------------------------------------------------------------------
+
+
+def test_whitespace_tokens_keep_ptb_words_whole():
+    tok = build_tokenizer("whitespace", " mr. <unk> is N years old \n the u.s. \n")
+    text = " mr. <unk> is N years old \n the u.s. \n"
+    ids = tok.encode(text)
+    assert [tok.token_str(i) for i in ids] == ["mr.", "<unk>", "is", "N", "years", "old", "\n", "the", "u.s.", "\n"]
+    assert ids[1] == UNK_ID
+    assert tok.decode(ids) == "mr. <unk> is N years old\nthe u.s.\n"
+    assert tok.encode(tok.decode(ids)) == ids
+
+
+@PROPERTY
+@given(st.lists(st.integers(1, 50), max_size=40))
+def test_whitespace_decode_of_any_ids_encodes_back(ids):
+    tok = build_tokenizer("whitespace", "a b c d ! ?? x-y\n" + " ".join(f"w{i}" for i in range(50)))
+    ids = [i for i in ids if i < tok.vocab_size and i != EOS_ID]
+    assert tok.encode(tok.decode(ids)) == ids
+
+
+def test_whitespace_counts_ptb_test_targets(shared_data):
+    """The standard PTB test set has 82,430 targets: 78,669 words + 3,761 line ends."""
+    path = shared_data / "ptb" / "ptb.test.txt"
+    if not path.exists():
+        pytest.skip(f"{path} is not there")
+    text = path.read_text(encoding="utf-8")
+    assert len(build_tokenizer("whitespace", text).encode(text)) == 82_430

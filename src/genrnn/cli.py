@@ -52,7 +52,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     _corpus_args(p)
     S = argparse.SUPPRESS  # an option left out is not passed on, so defaults live in config.py
     d = p.add_argument_group("data")
-    d.add_argument("--tokenizer", choices=["char", "word"], default=S, help="token level (default: char)")
+    d.add_argument("--tokenizer", choices=["char", "word", "whitespace"], default=S,
+                   help="token level: char, word (words and punctuation), or whitespace (already-tokenized "
+                        "text such as PTB: split at spaces, line breaks kept) (default: char)")
     d.add_argument("--lower", action="store_true", default=S, help="lower-case the text")
     d.add_argument("--vocab-size", type=int, default=S, help="cap the vocabulary; rarer tokens become <unk>")
     d.add_argument("--layout", choices=["stream", "lines"], default=S,

@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 
 CELLS = ("lstm", "gru", "rnn")
 LAYOUTS = ("stream", "lines")
-TOKENIZER_KINDS = ("char", "word")
+TOKENIZER_KINDS = ("char", "word", "whitespace")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
