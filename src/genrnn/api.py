@@ -17,6 +17,7 @@ from .config import RunConfig, override, parse_duration
 from .data import document_texts, make_eval_set, split_documents
 from .errors import GenrnnError
 from .evaluate import evaluate
+from .presets import load_preset
 from .runtime import make_runtime
 from .sampling import Completion, SampleConfig, complete
 from .trainer import RESUMABLE, Callbacks, CorpusSpec, TrainResult, Trainer, default_run_dir, load_documents
@@ -95,15 +96,21 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
           resume: Union[str, Path, None] = None, glob: str = "*.txt", fields: Sequence[str] = (),
           encoding: str = "utf-8", errors: str = "strict", format: str = "auto",
           config: Optional[RunConfig] = None, callbacks: Optional[Callbacks] = None,
-          progress_download: bool = False, **options: Any) -> TrainedModel:
+          progress_download: bool = False, preset: Optional[str] = None, **options: Any) -> TrainedModel:
     """Train a model and return it loaded (``.result`` holds the run summary).
 
     ``corpus``: a path, a folder, a named corpus (default ``python-docs``) or a
     list of them. ``options`` are any ModelConfig/DataConfig/TrainConfig field
     (``hidden_size=512``, ``cell="gru"``, ``time="10m"``, ``max_steps=2000``...);
     a misspelt one is an error. ``resume=RUN`` continues a run; then only the
-    stopping, logging and device options may change.
+    stopping, logging and device options may change. ``preset`` names a
+    built-in preset (``"cpu-10m"``) or a JSON file of options; ``options``
+    given here override it.
     """
+    if preset is not None:
+        if resume is not None:
+            raise GenrnnError("a resumed run keeps its own settings; leave out the preset")
+        options = {**load_preset(preset), **options}
     if isinstance(options.get("time"), str):
         options["time"] = parse_duration(options["time"])
     if resume is not None:

@@ -4,6 +4,7 @@
     genrnn sample RUN [--prompt TEXT]...   generate, streamed
     genrnn eval RUN [CORPUS...]            loss, perplexity, bits per character
     genrnn corpora                         named corpora and whether cached
+    genrnn presets                         built-in sets of training options
 
 A user mistake (bad path, bad flag, corrupt checkpoint) prints one line,
 ``genrnn: error: ...``, and exits with status 2 -- never a traceback.
@@ -49,6 +50,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--val", action="append", metavar="CORPUS", help="validation corpus (default: hold out --val-fraction)")
     p.add_argument("--out", help="run folder (default: runs/<corpus>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder where it stopped")
+    p.add_argument("--preset", metavar="NAME", help="start from a named set of options (see 'genrnn presets') or a "
+                                                    "JSON file of them; options given here override it")
     _corpus_args(p)
     S = argparse.SUPPRESS  # an option left out is not passed on, so defaults live in config.py
     d = p.add_argument_group("data")
@@ -132,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("corpora", help="list the named corpora")
     c.add_argument("--json", action="store_true", help="print JSON")
+
+    r = sub.add_parser("presets", help="list the built-in training presets")
+    r.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -151,10 +157,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.corpus:
             raise GenrnnError("--resume continues a run on its own corpus; leave out the corpus")
+        if args.preset:
+            raise GenrnnError("--resume continues a run with its own settings; leave out --preset")
         run = train(resume=args.resume, **kwargs, **options)
     else:
         run = train(args.corpus or None, out=args.out, val=args.val, glob=args.glob, fields=args.field,
-                    encoding=args.encoding, errors=args.errors, format=args.fmt, **kwargs, **options)
+                    encoding=args.encoding, errors=args.errors, format=args.fmt, preset=args.preset,
+                    **kwargs, **options)
     return EXIT_INTERRUPTED if run.result.interrupted else 0
 
 
@@ -326,6 +335,20 @@ def cmd_corpora(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import list_presets, load_preset
+
+    rows = [dict(r, options=load_preset(r["name"])) for r in list_presets()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        opts = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["options"].items())
+        print(f"{r['name']:<{width}}  {r['description']}\n{'':<{width}}  {opts}")
+    return 0
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -343,7 +366,8 @@ def _fmt_bytes(n: int) -> str:
     return str(n)
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "corpora": cmd_corpora}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "corpora": cmd_corpora,
+            "presets": cmd_presets}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
