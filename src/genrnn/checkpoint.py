@@ -168,6 +168,9 @@ def load_weights(path: Path, model: nn.Module) -> Dict[str, str]:
 
 
 def _load_state(model: nn.Module, tensors: Dict[str, torch.Tensor], path: Path) -> None:
+    prepare = getattr(model, "prepare_load", None)
+    if prepare is not None:  # a fitted model (Markov) rebuilt from config.json sizes its tables from the file
+        prepare(tensors)
     expected = model.state_dict()
     for name, t in tensors.items():
         if name not in expected:

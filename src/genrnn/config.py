@@ -43,8 +43,14 @@ class ModelConfig:
     num_layers: int = 2
     dropout: float = 0.0
     tie_weights: bool = False
+    order: int = 5  # type "markov" only: n-gram order (the context is order-1 tokens)
 
     def validate(self) -> None:
+        from .models import MODELS  # here, not at the top: models import this module
+
+        if self.type not in MODELS:
+            raise GenrnnError(f"unknown model type {self.type!r}; known: {', '.join(MODELS)}")
+        _positive("order", self.order)
         _choice("cell", self.cell, CELLS)
         _positive("hidden_size", self.hidden_size)
         _positive("num_layers", self.num_layers)

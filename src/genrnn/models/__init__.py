@@ -17,6 +17,10 @@ Every model is an ``nn.Module`` with::
 
 so one ``generate()``, one ``evaluate()`` and one trainer serve them all. Models
 are built by name from :data:`MODELS` (the ``type`` field of ModelConfig).
+Every tensor of a state has the batch in dimension 1 -- the RNN's
+(layers, B, H), the Markov model's (1, B, order - 1) -- so rows of a state can
+be selected or concatenated along it. A model with ``fit`` and no trainable
+parameters (:func:`is_fitted`) is fitted in one pass instead of trained.
 """
 
 from __future__ import annotations
@@ -27,9 +31,17 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from ..errors import GenrnnError
+from .markov import MarkovLM
 from .rnn import RNNLM, State, detach_state, map_state
 
-MODELS: Dict[str, Callable[[ModelConfig], nn.Module]] = {"rnn": RNNLM}
+MODELS: Dict[str, Callable[[ModelConfig], nn.Module]] = {"rnn": RNNLM, "markov": MarkovLM}
+
+
+def is_fitted(model: nn.Module) -> bool:
+    """A model that is fitted in one pass over the training tokens
+    (``model.fit(token_arrays)``, e.g. the Markov baseline) instead of trained
+    by gradient descent: it has ``fit`` and no trainable parameters."""
+    return callable(getattr(model, "fit", None)) and not any(p.requires_grad for p in model.parameters())
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -43,4 +55,4 @@ def build_model(config: ModelConfig) -> nn.Module:
     return factory(config)
 
 
-__all__ = ["MODELS", "RNNLM", "State", "build_model", "detach_state", "map_state"]
+__all__ = ["MODELS", "MarkovLM", "RNNLM", "State", "build_model", "detach_state", "is_fitted", "map_state"]
