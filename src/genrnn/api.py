@@ -49,8 +49,9 @@ class TrainedModel:
 
     def __repr__(self) -> str:
         m = self.config.model
-        return (f"TrainedModel({str(self.run_dir)!r}: {m.num_layers}x{m.hidden_size} {m.cell.upper()}, "
-                f"{self.config.data.tokenizer} tokens, vocab {m.vocab_size})")
+        what = (f"{m.order}-gram Markov" if m.type == "markov"
+                else f"{m.num_layers}x{m.hidden_size} {m.cell.upper()}")
+        return f"TrainedModel({str(self.run_dir)!r}: {what}, {self.config.data.tokenizer} tokens, vocab {m.vocab_size})"
 
     def complete(self, prompts: Sequence[str], *, length: int = 200, temperature: Any = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,

@@ -16,24 +16,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import IGNORE, EvalSet
+from .distributed import Dist
 from .models import detach_state
 from .runtime import Runtime
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, eval_set: EvalSet, runtime: Runtime, max_tokens: Optional[int] = None) -> Dict[str, float]:
+def evaluate(model: nn.Module, eval_set: EvalSet, runtime: Runtime, max_tokens: Optional[int] = None,
+             dist: Optional[Dist] = None) -> Dict[str, float]:
     """Return ``loss`` (nats/token), ``perplexity``, ``bits_per_char``,
     ``tokens`` and ``chars``. With ``max_tokens`` only the start of the split is
-    read and ``bits_per_char`` uses the whole split's chars-per-token ratio."""
+    read and ``bits_per_char`` uses the whole split's chars-per-token ratio.
+
+    Under torchrun (``dist``), each rank scores every ``world_size``-th row of
+    each batch (a fixed set of lanes, so the carried state stays its own) and
+    the sums are all-reduced: every rank returns the figures of the whole split."""
+    dist = dist or Dist()
     was_training = model.training
     model.eval()
     total_nats, total_tokens = 0.0, 0
     state = None
     try:
         for batch in eval_set.batches(max_tokens):
-            x, y = batch.x.to(runtime.device), batch.y.to(runtime.device)
+            x, y = batch.x[dist.rank :: dist.world_size], batch.y[dist.rank :: dist.world_size]
             if batch.reset:
                 state = None
+            if x.shape[0] == 0:  # fewer rows than ranks
+                continue
+            x, y = x.to(runtime.device), y.to(runtime.device)
             with runtime.autocast():
                 logits, _, state = model(x, None, state)
             state = detach_state(state)
@@ -42,6 +52,8 @@ def evaluate(model: nn.Module, eval_set: EvalSet, runtime: Runtime, max_tokens: 
             total_tokens += int((y != IGNORE).sum())
     finally:
         model.train(was_training)
+    total_nats, total_tokens = dist.sum([total_nats, float(total_tokens)], runtime.device)
+    total_tokens = int(total_tokens)
     return summarize(total_nats, total_tokens, eval_set.num_chars * total_tokens / max(1, eval_set.num_targets))
 
 

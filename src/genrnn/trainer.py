@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -31,12 +32,13 @@ import torch
 import torch.nn as nn
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import RunConfig, auto_lr
 from .corpora import CORPORA, corpus_splits, load_corpus
 from .data import IGNORE, Dataset, build_dataset
 from .errors import GenrnnError
 from .evaluate import evaluate
-from .models import build_model, detach_state, map_state
+from .models import build_model, detach_state, is_fitted, map_state
 from .runtime import Runtime, make_runtime
 from .sampling import SampleConfig, complete
 
@@ -190,13 +192,19 @@ def default_run_dir(spec: CorpusSpec) -> Path:
 class Trainer:
     def __init__(self, config: RunConfig, spec: CorpusSpec, run_dir: Path, *, resume: bool = False,
                  callbacks: Optional[Callbacks] = None, progress_download: bool = False):
-        self.callbacks = callbacks or Callbacks()
+        # under torchrun, one process per rank: only rank 0 reports and writes
+        self.dist = distributed.from_env()
+        self.callbacks = callbacks if callbacks is not None and self.dist.is_main else Callbacks()
         self.run_dir = Path(run_dir)
         self.spec = spec
         config.validate()
-        self.runtime = make_runtime(config.train.device, config.train.precision, config.train.threads,
+        threads = config.train.threads
+        if self.dist.enabled and threads is None:  # the ranks share the node's cores
+            threads = max(1, (os.cpu_count() or 1) // self.dist.local_world_size)
+        self.runtime = make_runtime(config.train.device, config.train.precision, threads,
                                     config.train.deterministic)
-        train_docs, val_docs = load_documents(spec, progress_download)
+        self.runtime = replace(self.runtime, device=distributed.init(self.dist, self.runtime.device))
+        train_docs, val_docs = load_documents(spec, progress_download and self.dist.is_main)
         tokenizer = None
         if resume:
             _, tokenizer, _ = ckpt.read_config(self.run_dir)
@@ -205,16 +213,31 @@ class Trainer:
         self.config = config
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model).to(self.runtime.device)
+        # a fitted model (the Markov baseline) is fitted in one pass in run(): no optimizer, nothing to resume
+        self.fitted = is_fitted(self.model)
+        if self.fitted and resume:
+            raise GenrnnError(f"{self.run_dir} holds a {config.model.type} model, which is fitted in one pass: "
+                              "there is nothing to resume; train it again with another --out")
+        if self.dist.enabled:
+            if self.fitted:
+                raise GenrnnError(f"a {config.model.type} model is fitted in one pass; run it without torchrun")
+            if self.data.train.batch_size % self.dist.world_size:
+                raise GenrnnError(f"--batch-size {self.data.train.batch_size} must be a multiple of the "
+                                  f"{self.dist.world_size} processes (each trains on an equal share of a batch)")
+        # DDP averages the gradients of the ranks' shards in backward()
+        self.train_model = self.model if not self.dist.enabled else nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.runtime.device.index] if self.runtime.device.type == "cuda" else None)
         self.lr = config.train.lr or auto_lr(config.model)
-        self.optimizer = make_optimizer(self.model, self.lr, config, self.runtime)
+        self.optimizer = None if self.fitted else make_optimizer(self.model, self.lr, config, self.runtime)
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.needs_scaler else None
         self.progress = Progress()
         self.state = None  # recurrent state carried between windows
         self.fingerprint = corpus_fingerprint(self.data)
         if resume:
             self._restore()
-        else:
+        elif self.dist.is_main:
             self._start_run_dir()
+        self.dist.barrier()  # the run folder exists before any rank goes on
         spe = self.data.train.steps_per_epoch
         t = config.train
         if t.max_steps is None and t.epochs is None and t.time is None:
@@ -231,6 +254,8 @@ class Trainer:
     # -- run folder ------------------------------------------------------------
 
     def _start_run_dir(self) -> None:
+        if self.fitted and (self.run_dir / ckpt.CONFIG).exists() and (self.run_dir / ckpt.WEIGHTS).exists():
+            raise GenrnnError(f"{self.run_dir} already holds a fitted model; choose another --out")
         # a folder whose run stopped before its first checkpoint holds nothing
         # to lose or resume, so a new run may start there
         if (self.run_dir / ckpt.CONFIG).exists() and (self.run_dir / ckpt.RESUME).exists():
@@ -258,17 +283,23 @@ class Trainer:
             torch.set_rng_state(payload["rng_cpu"])
             if self.runtime.device.type == "cuda" and "rng_cuda" in payload:
                 torch.cuda.set_rng_state(payload["rng_cuda"])
+            ranks = payload.get("rng_ranks")  # a distributed run saves every rank's generator
+            if self.dist.enabled and ranks is not None and len(ranks) == self.dist.world_size:
+                torch.set_rng_state(ranks[self.dist.rank])
             state = payload.get("state")
-            if isinstance(state, (list, tuple)):
-                state = tuple(s.to(self.runtime.device) for s in state)
-            elif state is not None:
-                state = state.to(self.runtime.device)
-            self.state = state
+            if isinstance(state, list):
+                state = tuple(state)
+            if self.dist.enabled and state is not None:  # the saved state is the global batch's: take our rows
+                rows = self.dist.shard((state[0] if isinstance(state, tuple) else state).shape[1])
+                state = map_state(lambda s: s[:, rows], state)
+            self.state = map_state(lambda s: s.to(self.runtime.device), state)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise GenrnnError(f"{self.run_dir / ckpt.RESUME} is incompatible with this run: {e}") from None
         # drop log lines written after the checkpoint we resume from
         path = self.run_dir / ckpt.METRICS
         kept: List[str] = []
+        if not self.dist.is_main:
+            return
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -291,12 +322,22 @@ class Trainer:
         }
         if self.runtime.device.type == "cuda":
             payload["rng_cuda"] = torch.cuda.get_rng_state()
+        if self.dist.enabled:  # every rank's generator, and the state of the whole batch (rows in rank order)
+            payload["rng_ranks"] = self.dist.gather(torch.get_rng_state())
+            states = self.dist.gather(payload["state"])
+            if payload["state"] is not None:
+                payload["state"] = (tuple(torch.cat(parts, dim=1) for parts in zip(*states))
+                                    if isinstance(payload["state"], tuple) else torch.cat(states, dim=1))
+        if not self.dist.is_main:
+            return
         ckpt.save_resume(self.run_dir / ckpt.RESUME, payload)
         if self.data.val is None:  # nothing to choose by: the last weights are the ones to use
             ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model, {"step": p.step})
         self.callbacks.on_save(p.step, self.run_dir)
 
     def _metrics(self, record: Dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.run_dir / ckpt.METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -320,7 +361,7 @@ class Trainer:
     def evaluate(self, max_tokens: Optional[int]) -> Optional[Dict[str, float]]:
         if self.data.val is None:
             return None
-        return evaluate(self.model, self.data.val, self.runtime, max_tokens)
+        return evaluate(self.model, self.data.val, self.runtime, max_tokens, dist=self.dist)
 
     def _eval_and_keep_best(self) -> None:
         p = self.progress
@@ -331,8 +372,9 @@ class Trainer:
                   "val_ppl": metrics["perplexity"], "val_bpc": metrics["bits_per_char"]}
         if p.best_val is None or metrics["loss"] < p.best_val["loss"]:
             p.best_val = dict(metrics, step=p.step)
-            ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model,
-                              {"step": p.step, "val_loss": metrics["loss"]})
+            if self.dist.is_main:
+                ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model,
+                                  {"step": p.step, "val_loss": metrics["loss"]})
             record["best"] = True
         self._metrics(record)
         self.callbacks.on_eval(record)
@@ -342,6 +384,30 @@ class Trainer:
         done = complete(self.model, self.data.tokenizer, [prompt], cfg, device=self.runtime.device,
                         autocast=self.runtime.autocast())[0]
         return prompt + done.text
+
+    def _fit(self) -> TrainResult:
+        """A fitted model (the Markov baseline) counts its statistics in one
+        pass over the training tokens instead of running gradient descent; one
+        evaluation then saves its weights. No resume.pt: there is no optimizer
+        or progress to continue from."""
+        t, p, train = self.config.train, self.progress, self.data.train
+        start = time.perf_counter()
+        self.model.fit(train.tokens if hasattr(train, "tokens") else train.records)
+        p.step, p.tokens, p.elapsed = 1, self.data.train_targets, time.perf_counter() - start
+        self._metrics({"step": p.step, "time": round(p.elapsed, 3), "tokens": p.tokens,
+                       "tokens_per_s": p.tokens / max(1e-9, p.elapsed)})
+        self._eval_and_keep_best()  # writes model.safetensors when there is a validation split
+        if self.data.val is None:
+            ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model, {"step": p.step})
+        self.callbacks.on_save(p.step, self.run_dir)
+        p.elapsed = time.perf_counter() - start
+        if t.sample_every:
+            text = self.sample(t.sample_prompt, t.sample_length, t.sample_temperature, seed=t.seed + p.step)
+            self._metrics({"step": p.step, "sample": text})
+            self.callbacks.on_sample(p.step, text)
+        result = TrainResult(self.run_dir, p.step, p.elapsed, p.best_val, False, p.tokens / max(1e-9, p.elapsed))
+        self.callbacks.on_end(result)
+        return result
 
     def run(self) -> TrainResult:
         t = self.config.train
@@ -355,7 +421,10 @@ class Trainer:
             "val_tokens": data.val.num_targets if data.val else 0, "steps_per_epoch": spe,
             "batch_size": data.train.batch_size, "total_steps": self.total_steps, "time_budget": t.time,
             "lr": self.lr, "resumed_at": p.step, "config": self.config.to_dict(),
+            "processes": self.dist.world_size,
         })
+        if self.fitted:
+            return self._fit()
         save_every = t.save_every or t.eval_every
         interrupted = False
         self.model.train()
@@ -371,13 +440,17 @@ class Trainer:
                 batch = data.train.get(p.epoch, p.index)
                 if batch.reset or not data.train.carries_state:
                     self.state = None
-                x = batch.x.to(self.runtime.device, non_blocking=True)
-                y = batch.y.to(self.runtime.device, non_blocking=True)
+                x, y = batch.x, batch.y
+                if self.dist.enabled:  # every rank drew the same global batch; train on our rows of it
+                    rows = self.dist.shard(x.shape[0])
+                    x, y = x[rows], y[rows]
+                x = x.to(self.runtime.device, non_blocking=True)
+                y = y.to(self.runtime.device, non_blocking=True)
                 lr = lr_at(self.fraction_done(), self.lr, t.warmup, t.min_lr_ratio)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 with self.runtime.autocast():
-                    _, loss, state = self.model(x, y, self.state)
+                    _, loss, state = self.train_model(x, y, self.state)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -401,12 +474,13 @@ class Trainer:
                 log_loss += loss.detach()
                 log_steps += 1
                 log_tokens += n_tok
-                p.elapsed = time.perf_counter() - clock
+                p.elapsed, flag["stop"] = self.dist.sync_step(time.perf_counter() - clock, flag["stop"],
+                                                              self.runtime.device)
 
                 if p.step % t.log_every == 0 or self.finished():
                     now = time.perf_counter()
                     record = {"step": p.step, "epoch": round(p.epoch + p.index / spe, 4), "time": round(p.elapsed, 3),
-                              "lr": lr, "loss": float(log_loss) / log_steps,
+                              "lr": lr, "loss": self._mean(float(log_loss)) / log_steps,
                               "tokens_per_s": log_tokens / max(1e-9, now - log_start), "tokens": p.tokens}
                     self._metrics(record)
                     self.callbacks.on_log(record)
@@ -415,21 +489,42 @@ class Trainer:
                     log_start = now
                 if p.step % t.eval_every == 0 and not self.finished():
                     self._eval_and_keep_best()
-                if t.sample_every and p.step % t.sample_every == 0 and not self.finished():
+                if t.sample_every and p.step % t.sample_every == 0 and not self.finished() and self.dist.is_main:
                     text = self.sample(t.sample_prompt, t.sample_length, t.sample_temperature, seed=t.seed + p.step)
                     self._metrics({"step": p.step, "sample": text})
                     self.callbacks.on_sample(p.step, text)
                 if p.step % save_every == 0 and not self.finished():
                     self._save()
                 # evaluation, samples and saving count against a time budget
-                p.elapsed = time.perf_counter() - clock
+                p.elapsed, flag["stop"] = self.dist.sync_step(time.perf_counter() - clock, flag["stop"],
+                                                              self.runtime.device)
             self._eval_and_keep_best()
             self._save()
-        if t.sample_every and not interrupted:
+        if self.dist.enabled:
+            self._check_replicas()
+        if t.sample_every and not interrupted and self.dist.is_main:
             text = self.sample(t.sample_prompt, t.sample_length, t.sample_temperature, seed=t.seed + p.step)
             self._metrics({"step": p.step, "sample": text})
             self.callbacks.on_sample(p.step, text)
         result = TrainResult(self.run_dir, p.step, p.elapsed, p.best_val, interrupted,
                              p.tokens / max(1e-9, p.elapsed))
         self.callbacks.on_end(result)
+        self.dist.barrier()  # the run folder is complete before any rank reads it
         return result
+
+    def _mean(self, value: float) -> float:
+        """The mean of a per-rank figure over the ranks (the figure itself in one process)."""
+        return self.dist.sum([value], self.runtime.device)[0] / self.dist.world_size
+
+    def _check_replicas(self) -> None:
+        """Every rank must end with the same weights (DDP keeps them in step);
+        rank 0 records each rank's sha256 of them in metrics.jsonl."""
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digests = self.dist.gather(h.hexdigest())
+        self._metrics({"step": self.progress.step, "ddp": {"world_size": self.dist.world_size,
+                                                           "weights_sha256": digests}})
+        if len(set(digests)) != 1:
+            raise GenrnnError(f"the {self.dist.world_size} processes ended with different weights: {digests}")
