@@ -5,6 +5,7 @@
     genrnn eval RUN [CORPUS...]            loss, perplexity, bits per character
     genrnn corpora                         named corpora and whether cached
     genrnn presets                         built-in sets of training options
+    genrnn serve RUN... [--port 8000]      OpenAI-compatible HTTP API and web playground
 
 A user mistake (bad path, bad flag, corrupt checkpoint) prints one line,
 ``genrnn: error: ...``, and exits with status 2 -- never a traceback.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, Dict, Optional, Sequence
 
@@ -69,6 +71,11 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="stream layout: windows a lane walks with its recurrent state carried (truncated BPTT) "
                         "before batches are reshuffled; 1 = independent windows (default: 1)")
     m = p.add_argument_group("model")
+    m.add_argument("--model", dest="type", choices=["rnn", "markov"], default=S,
+                   help="rnn: a recurrent network (default); markov: an n-gram baseline (interpolated modified "
+                        "Kneser-Ney), fitted in one pass over the text")
+    m.add_argument("--order", type=int, default=S,
+                   help="markov: n-gram order; each token is predicted from the order-1 before it (default: 5)")
     m.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=S, help="recurrent cell (default: lstm)")
     m.add_argument("--layers", dest="num_layers", type=int, default=S, help="recurrent layers (default: 2)")
     m.add_argument("--hidden-size", type=int, default=S, help="recurrent width (default: 256)")
@@ -124,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stop", action="append", default=[], help="stop a sample at this text; repeatable")
     s.add_argument("--json", action="store_true", help="one JSON object per sample instead of streamed text")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--server", metavar="URL", help="generate on a genrnn server (genrnn serve) instead; RUN is then "
+                                                   "the model's name there, or 'default'")
+    s.add_argument("--api-key", help="with --server: the server's key (default: $GENRNN_API_KEY)")
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per character")
     e.add_argument("run", help="run folder")
@@ -138,7 +148,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("presets", help="list the built-in training presets")
     r.add_argument("--json", action="store_true", help="print JSON")
+    _serve_parser(sub)
     return parser
+
+
+def _serve_parser(sub) -> argparse.ArgumentParser:
+    from .serve.limits import DEFAULT_LIMITS as L
+
+    v = sub.add_parser("serve", help="serve runs over HTTP: OpenAI-compatible API and a web playground",
+                       description="Serve trained runs: POST /v1/completions (OpenAI-compatible, streamed or not), "
+                                   "GET /v1/models, the playground at /, the API document at /docs. Concurrent "
+                                   "requests share the model's steps (one batch). Needs: pip install 'genrnn[serve]'.")
+    v.add_argument("run", nargs="*", metavar="RUN", help="run folder to serve, named after the folder")
+    v.add_argument("--model", action="append", default=[], metavar="NAME=RUN",
+                   help="serve RUN as NAME; repeatable. The first model is the default one")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="default: 8000")
+    v.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $GENRNN_API_KEY, "
+                                     "else no key)")
+    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    v.add_argument("--threads", type=int, help="CPU threads for the model (default: PyTorch's choice)")
+    g = v.add_argument_group("limits")
+    g.add_argument("--max-tokens", type=int, default=L.max_tokens,
+                   help=f"largest max_tokens a request may ask for (default: {L.max_tokens})")
+    g.add_argument("--max-prompt-chars", type=int, default=L.max_prompt_chars,
+                   help=f"characters per prompt (default: {L.max_prompt_chars})")
+    g.add_argument("--max-prompt-tokens", type=int, default=L.max_prompt_tokens,
+                   help=f"tokens per prompt (default: {L.max_prompt_tokens})")
+    g.add_argument("--max-body-bytes", type=int, default=L.max_body_bytes,
+                   help=f"request body size; larger gets 413 (default: {L.max_body_bytes})")
+    g.add_argument("--max-n", type=int, default=L.max_n, help=f"n per request (default: {L.max_n})")
+    g.add_argument("--max-rows", type=int, default=L.max_rows,
+                   help=f"prompts x n per request (default: {L.max_rows})")
+    g.add_argument("--max-streams", type=int, default=L.max_streams,
+                   help=f"completions generating at once, all requests together; more gets 429 "
+                        f"(default: {L.max_streams})")
+    v.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return v
 
 
 # -- commands ---------------------------------------------------------------------
@@ -195,13 +241,21 @@ class _TrainReporter:
             stop.append(f"{info['total_steps']} steps")
         if info["time_budget"]:
             stop.append(f"{_fmt_time(info['time_budget'])}")
+        if m["type"] == "markov":  # fitted in one pass: no steps, learning rate or progress bar
+            self._print(f"genrnn: {m['order']}-gram Markov (interpolated modified Kneser-Ney), "
+                        f"{d['tokenizer']} vocab {info['vocab_size']}\n"
+                        f"genrnn: {info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation tokens\n"
+                        f"genrnn: device {info['device']}; run folder {info['run_dir']}")
+            return
         self._print(
             f"genrnn: {m['num_layers']}x{m['hidden_size']} {m['cell'].upper()} "
             f"({'one-hot' if m['embedding_size'] == 0 else 'embedding ' + str(m['embedding_size'])}), "
             f"{info['parameters']:,} parameters, {d['tokenizer']} vocab {info['vocab_size']}\n"
             f"genrnn: {info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation tokens, "
             f"batch {info['batch_size']} x {d['seq_len']}, {info['steps_per_epoch']} steps/epoch, lr {info['lr']:.2g}\n"
-            f"genrnn: device {info['device']}; stop after {' or '.join(stop)}; run folder {info['run_dir']}"
+            f"genrnn: device {info['device']}"
+            + (f" x {info['processes']} processes (DDP)" if info.get("processes", 1) > 1 else "")
+            + f"; stop after {' or '.join(stop)}; run folder {info['run_dir']}"
             + (f"\ngenrnn: resuming at step {info['resumed_at']}" if info["resumed_at"] else "")
         )
         if self.progress:
@@ -250,6 +304,8 @@ class _TrainReporter:
         if result.interrupted:
             lines.append(f"genrnn: interrupted at step {result.step}; saved. Continue with: "
                          f"genrnn train --resume {result.run_dir}")
+        elif self.info["config"]["model"]["type"] == "markov":
+            lines.append(f"genrnn: done, fitted and evaluated in {result.elapsed:.1f}s")
         else:
             lines.append(f"genrnn: done, {result.step} steps in {_fmt_time(result.elapsed)} "
                          f"({result.tokens_per_s:,.0f} tokens/s)")
@@ -264,7 +320,12 @@ class _TrainReporter:
 def cmd_sample(args: argparse.Namespace) -> int:
     from .api import load
 
-    run = load(args.run, device=args.device)
+    if args.server:
+        from .serve.client import RemoteModel
+
+        run = RemoteModel(args.server, args.run, api_key=args.api_key or os.environ.get("GENRNN_API_KEY"))
+    else:
+        run = load(args.run, device=args.device)
     prompts = args.prompt or [""]
     temps = [0.0] if args.greedy else (args.temperature or [1.0])
     if args.num_samples < 1:
@@ -366,8 +427,48 @@ def _fmt_bytes(n: int) -> str:
     return str(n)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve.app import create_app, parse_model_args
+        from .serve.server import bind, run_server
+    except ImportError as e:
+        if (e.name or "").split(".")[0] in ("fastapi", "uvicorn", "starlette", "pydantic"):
+            raise GenrnnError("genrnn serve needs FastAPI and uvicorn: pip install 'genrnn[serve]'") from None
+        raise
+    from .serve.limits import Limits
+
+    try:
+        models = parse_model_args(args.run, args.model)
+        limits = Limits(max_tokens=args.max_tokens, max_prompt_chars=args.max_prompt_chars,
+                        max_prompt_tokens=args.max_prompt_tokens, max_body_bytes=args.max_body_bytes,
+                        max_n=args.max_n, max_rows=args.max_rows, max_streams=args.max_streams)
+        limits.validate()
+    except ValueError as e:
+        raise GenrnnError(str(e)) from None
+    if not models:
+        raise GenrnnError("give a run to serve: genrnn serve RUN [RUN...] or --model NAME=RUN")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:  # a port in use is a one-line error, before the models load
+        bind(args.host, args.port).close()
+    except OSError as e:
+        raise GenrnnError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    api_key = args.api_key or os.environ.get("GENRNN_API_KEY") or None
+    app = create_app(models, limits, api_key=api_key, device=args.device)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"genrnn: serving {', '.join(models)} at http://{host}:{args.port}/ (playground), /v1 (OpenAI API), "
+          f"/docs; Ctrl-C stops", file=sys.stderr, flush=True)
+    if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"genrnn: warning: listening on {args.host} without --api-key: anyone who can reach it can use it",
+              file=sys.stderr, flush=True)
+    run_server(app, args.host, args.port, log_level=args.log_level)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "corpora": cmd_corpora,
-            "presets": cmd_presets}
+            "presets": cmd_presets, "serve": cmd_serve}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,571 @@
+"""The HTTP API (OpenAI-compatible completions) and the web playground.
+
+    app = create_app({"shakespeare": "runs/shakespeare"}, Limits(max_streams=64), api_key="...")
+
+Endpoints: ``POST /v1/completions`` (plain or streamed as server-sent events),
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz``, the playground at
+``/`` and the OpenAPI document at ``/openapi.json`` (browsable at ``/docs``).
+
+Requests run in the :class:`~genrnn.serve.engine.Engine` thread, batched with
+every other request; this module only checks, translates and streams. Every
+error, a failed validation included, is a JSON body in OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``: 400 bad parameters, 401
+missing or wrong key, 404 unknown model or path, 413 body too large, 429 no
+free stream, 500 an internal failure (the server keeps running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..tokenizers import EOS_ID
+from .engine import Engine, EngineFull, EngineStopped, RowParams, RowSpec, Update
+from .limits import Limits
+from .schemas import (
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    SSE_EVENT_SCHEMA,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    Health,
+    ModelCard,
+    ModelDetails,
+    ModelList,
+)
+
+STATIC = Path(__file__).parent / "static"
+FLUSH_INTERVAL = 0.02  # seconds between two writes of one stream (the first text goes out at once)
+DEFAULT_MODEL = "default"
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[Dict[str, str]] = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+
+def error_body(message: str, type: str, param: Optional[str] = None, code: Optional[str] = None) -> Dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def json_bytes(data: Any) -> bytes:
+    """Compact UTF-8 JSON; text that cannot be UTF-8 (a lone surrogate that a
+    corpus read with errors="surrogateescape" put in the vocabulary) is escaped
+    instead of failing the response."""
+    try:
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class _JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json_bytes(content)
+
+
+def _error_response(e: APIError) -> JSONResponse:
+    return _JSON(error_body(e.message, e.type, e.param, e.code), status_code=e.status, headers=e.headers)
+
+
+_ERRORS = {status: {"model": ErrorResponse, "description": what} for status, what in [
+    (400, "Bad parameters (also invalid JSON or a failed validation)"),
+    (401, "Missing or wrong API key"),
+    (404, "Unknown model"),
+    (413, "Request body too large"),
+    (429, "All streams busy; retry later"),
+    (500, "Internal error"),
+    (503, "The server is shutting down"),
+]}
+
+
+def create_app(models: Mapping[str, Any], limits: Limits = Limits(), api_key: Optional[str] = None,
+               device: str = "auto") -> FastAPI:
+    """An app serving ``models``: name -> run folder (or a loaded TrainedModel).
+
+    The first model is the default one: a request that leaves ``model`` out,
+    or names ``"default"``, gets it. With ``api_key``, every ``/v1`` request
+    needs ``Authorization: Bearer <api_key>``.
+    """
+    from ..api import TrainedModel, load
+
+    if not models:
+        raise ValueError("create_app needs at least one model")
+    limits.validate()
+    served: Dict[str, TrainedModel] = {}
+    for name, run in models.items():
+        served[name] = run if isinstance(run, TrainedModel) else load(run, device=device)
+    engine = Engine(served, max_streams=limits.max_streams)
+    created = int(time.time())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        try:
+            yield
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+
+    app = FastAPI(title="genrnn", version=__version__, lifespan=lifespan,
+                  description="Generate text with recurrent language models trained by genrnn. "
+                              "`/v1/completions` follows OpenAI's completions API.")
+    app.state.engine = engine
+    app.state.models = served
+    app.state.limits = limits
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    _add_error_handlers(app)
+    auth = [Depends(_key_checker(api_key))] if api_key else []
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", response_model=Health, summary="Liveness and load")
+    async def healthz() -> Health:
+        return Health(models=list(served), active_streams=engine.active, max_streams=limits.max_streams,
+                      limits=vars(limits), steps=engine.steps, tokens=engine.tokens)
+
+    @app.get("/v1/models", response_model=ModelList, dependencies=auth, responses=_pick(401),
+             summary="The served models; the first is the default")
+    async def list_models() -> ModelList:
+        return ModelList(data=[_card(name, run, created) for name, run in served.items()])
+
+    @app.get("/v1/models/{model_id}", response_model=ModelCard, dependencies=auth, responses=_pick(401, 404),
+             summary="One served model")
+    async def get_model(model_id: str) -> ModelCard:
+        name = _resolve(model_id, served)
+        return _card(name, served[name], created)
+
+    @app.post("/v1/completions", response_model=CompletionResponse, dependencies=auth,
+              summary="Complete prompts (OpenAI-compatible)",
+              responses={200: {"description": "The completions, or with `stream` a text/event-stream of "
+                                              "CompletionResponse chunks ending with `data: [DONE]`",
+                               "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}},
+                         **_pick(400, 401, 404, 413, 429, 500, 503)})
+    async def create_completion(body: CompletionRequest, request: Request):
+        name = _resolve(body.model, served)
+        job = _Job.build(body, name, served[name], limits)
+        loop = asyncio.get_running_loop()
+        sink = _QueueSink(loop)
+        try:
+            ticket = engine.submit(name, job.specs, sink)
+        except EngineFull as e:
+            raise APIError(429, str(e), type="server_busy", code="too_many_streams",
+                           headers={"Retry-After": "1"}) from None
+        except EngineStopped as e:
+            raise APIError(503, str(e), type="server_error", code="shutting_down") from None
+        watcher = asyncio.create_task(_watch_disconnect(request, ticket, sink))
+        if body.stream:
+            return StreamingResponse(_stream(job, sink, ticket, watcher), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            return _JSON(await _collect(job, sink))
+        finally:
+            watcher.cancel()
+            ticket.cancel()
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+# -- requests -------------------------------------------------------------------------
+
+
+def _pick(*statuses: int) -> Dict[int, Dict[str, Any]]:
+    return {s: _ERRORS[s] for s in statuses}
+
+
+def _resolve(model: Optional[str], served: Mapping[str, Any]) -> str:
+    if model in served:
+        return model  # type: ignore[return-value]
+    if model is None or model == DEFAULT_MODEL:
+        return next(iter(served))
+    raise APIError(404, f"The model '{model}' does not exist; served: {', '.join(served)}", param="model",
+                   code="model_not_found")
+
+
+def _card(name: str, run: Any, created: int) -> ModelCard:
+    m, d = run.config.model, run.config.data
+    params = sum(p.numel() for p in run.model.parameters())
+    return ModelCard(id=name, created=created,
+                     genrnn=ModelDetails(type=m.type, cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size,
+                                         tokenizer=d.tokenizer, vocab_size=run.tokenizer.vocab_size,
+                                         parameters=params))
+
+
+def _row_seed(seed: int, index: int) -> int:
+    """The seed of choice ``index`` of a request seeded with ``seed``: a hash, so
+    choices are independent and a choice's text depends only on (seed, index)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@dataclass
+class _Job:
+    """A checked request: its rows, and what the response needs to know."""
+
+    model: str
+    prompts: List[str]
+    n: int
+    specs: List[RowSpec]
+    prompt_tokens: int
+    echo: bool
+    logprobs: bool
+    include_usage: bool
+    id: str
+    created: int
+
+    @classmethod
+    def build(cls, body: CompletionRequest, model: str, run: Any, limits: Limits) -> "_Job":
+        prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+        if not prompts:
+            raise APIError(400, "prompt must be a string or a non-empty list of strings", param="prompt")
+        if body.max_tokens > limits.max_tokens:
+            raise APIError(400, f"max_tokens is {body.max_tokens}; this server allows at most {limits.max_tokens}",
+                           param="max_tokens")
+        if body.n > limits.max_n:
+            raise APIError(400, f"n is {body.n}; this server allows at most {limits.max_n}", param="n")
+        if len(prompts) * body.n > limits.max_rows:
+            raise APIError(400, f"{len(prompts)} prompts x n={body.n} is {len(prompts) * body.n} completions; "
+                                f"this server allows at most {limits.max_rows} per request", param="prompt")
+        if body.best_of is not None and body.best_of != body.n:
+            raise APIError(400, "best_of is not supported (only best_of == n)", param="best_of")
+        if body.echo and body.logprobs is not None:
+            raise APIError(400, "echo together with logprobs is not supported", param="echo")
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if len(stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise APIError(400, f"stop takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters",
+                           param="stop")
+        encoded = []
+        for i, p in enumerate(prompts):
+            if len(p) > limits.max_prompt_chars:
+                raise APIError(400, f"prompt {i} has {len(p)} characters; this server allows at most "
+                                    f"{limits.max_prompt_chars}", param="prompt")
+            ids = run.tokenizer.encode(p)
+            if len(ids) > limits.max_prompt_tokens:
+                raise APIError(400, f"prompt {i} has {len(ids)} tokens; this server allows at most "
+                                    f"{limits.max_prompt_tokens}", param="prompt")
+            encoded.append([EOS_ID] + ids)
+        specs = []
+        for p, ids in enumerate(encoded):
+            for j in range(body.n):
+                index = p * body.n + j
+                params = RowParams(max_tokens=body.max_tokens, temperature=body.temperature, top_k=body.top_k,
+                                   top_p=None if body.top_p >= 1.0 else body.top_p, greedy=body.greedy,
+                                   stop=tuple(stop), logprobs=body.logprobs,
+                                   seed=None if body.seed is None else _row_seed(body.seed, index))
+                specs.append(RowSpec(index, ids, params))
+        return cls(model=model, prompts=prompts, n=body.n, specs=specs,
+                   prompt_tokens=sum(len(ids) - 1 for ids in encoded), echo=body.echo,
+                   logprobs=body.logprobs is not None,
+                   include_usage=bool(body.stream_options and body.stream_options.include_usage),
+                   id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()))
+
+    def prompt_of(self, index: int) -> str:
+        return self.prompts[index // self.n]
+
+    def envelope(self, choices: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": choices}
+
+    def logprobs_of(self, index: int, updates: List[Update]) -> Dict[str, Any]:
+        base = len(self.prompt_of(index))
+        tokens = [t for u in updates for t in u.tokens]
+        return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+                "top_logprobs": [t.top for t in tokens], "text_offset": [base + t.offset for t in tokens]}
+
+    def usage(self, completion_tokens: int) -> Dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": self.prompt_tokens + completion_tokens}
+
+
+_FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+def _check_failure(update: Update) -> None:
+    if update.finish_reason == "error":
+        raise APIError(500, update.error or "generation failed", type="server_error")
+    if update.finish_reason == "cancelled":
+        raise APIError(503, update.error or "cancelled", type="server_error", code="shutting_down")
+
+
+class _QueueSink:
+    """Receives the engine's updates in the event loop (see Engine._publish)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def deliver(self, updates: List[Update]) -> None:
+        self.queue.put_nowait(updates)
+
+    async def next_batch(self) -> Optional[List[Update]]:
+        """All updates that arrived, waiting for at least one; None once the client left."""
+        first = await self.queue.get()
+        if first is None:
+            return None
+        batch = list(first)
+        while not self.queue.empty():
+            more = self.queue.get_nowait()
+            if more is None:
+                return None
+            batch.extend(more)
+        return batch
+
+
+async def _watch_disconnect(request: Request, ticket, sink: _QueueSink) -> None:
+    """Cancel the request's rows as soon as its client goes away."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            ticket.cancel()
+            sink.queue.put_nowait(None)
+            return
+
+
+async def _collect(job: _Job, sink: _QueueSink) -> Dict[str, Any]:
+    rows = len(job.specs)
+    texts = [""] * rows
+    updates: List[List[Update]] = [[] for _ in range(rows)]
+    reasons: List[Optional[str]] = [None] * rows
+    counts = [0] * rows
+    left = rows
+    while left:
+        batch = await sink.next_batch()
+        if batch is None:  # the client is gone; nobody reads the answer
+            raise APIError(499, "client closed the request")
+        for u in batch:
+            _check_failure(u)
+            texts[u.index] += u.text
+            counts[u.index] = u.completion_tokens
+            if job.logprobs:
+                updates[u.index].append(u)
+            if u.finish_reason:
+                reasons[u.index] = _FINISH[u.finish_reason]
+                left -= 1
+    choices = []
+    for i in range(rows):
+        text = job.prompt_of(i) + texts[i] if job.echo else texts[i]
+        choices.append({"text": text, "index": i, "finish_reason": reasons[i],
+                        "logprobs": job.logprobs_of(i, updates[i]) if job.logprobs else None})
+    response = job.envelope(choices)
+    response["usage"] = job.usage(sum(counts))
+    return response
+
+
+def _sse(data: Any) -> bytes:
+    return b"data: " + json_bytes(data) + b"\n\n"
+
+
+async def _stream(job: _Job, sink: _QueueSink, ticket, watcher: asyncio.Task):
+    """Server-sent events: chunks in the shape of CompletionResponse, then ``[DONE]``.
+
+    The first text goes out at once; after that a stream writes at most every
+    ``FLUSH_INTERVAL`` seconds, sending all that arrived meanwhile as one
+    chunk per choice. Steady for a reader (50 updates a second), and a busy
+    server makes far fewer, larger writes instead of one per token per stream.
+    """
+    rows = len(job.specs)
+    counts = [0] * rows
+    left = rows
+    last_write = 0.0
+    loop = asyncio.get_running_loop()
+    try:
+        if job.echo:
+            yield b"".join(_sse(job.envelope([{"text": job.prompt_of(i), "index": i, "logprobs": None,
+                                                "finish_reason": None}])) for i in range(rows))
+        while left:
+            wait = last_write + FLUSH_INTERVAL - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            batch = await sink.next_batch()
+            if batch is None:
+                return
+            merged: Dict[int, List[Update]] = {}
+            for u in batch:
+                merged.setdefault(u.index, []).append(u)
+            out = []
+            for index, ups in merged.items():
+                last = ups[-1]
+                if last.finish_reason in ("error", "cancelled"):
+                    status = 500 if last.finish_reason == "error" else 503
+                    out.append(_sse(error_body(last.error or "generation failed", "server_error",
+                                               code=None if status == 500 else "shutting_down")))
+                    out.append(b"data: [DONE]\n\n")
+                    yield b"".join(out)
+                    return
+                counts[index] = last.completion_tokens
+                reason = _FINISH[last.finish_reason] if last.finish_reason else None
+                left -= reason is not None
+                choice = {"text": "".join(u.text for u in ups), "index": index, "finish_reason": reason,
+                          "logprobs": job.logprobs_of(index, ups) if job.logprobs else None}
+                out.append(_sse(job.envelope([choice])))
+            last_write = loop.time()
+            yield b"".join(out)
+        if job.include_usage:
+            chunk = job.envelope([])
+            chunk["usage"] = job.usage(sum(counts))
+            yield _sse(chunk)
+        yield b"data: [DONE]\n\n"
+    finally:
+        watcher.cancel()
+        ticket.cancel()
+
+
+# -- auth, limits, errors ----------------------------------------------------------------
+
+
+def _key_checker(api_key: str):
+    bearer = HTTPBearer(auto_error=False, description="The server's --api-key")
+
+    async def check(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+        if credentials is None:
+            raise APIError(401, "You didn't provide an API key: send it as 'Authorization: Bearer KEY'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode(), api_key.encode()):
+            raise APIError(401, "Incorrect API key provided", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413 -- by Content-Length, and
+    by counting the bytes as they arrive (a chunked body has no length) -- so
+    no request can make the server hold more than that."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                return await self._refuse(send, 400, "Content-Length is not a number")
+            if declared > self.max_bytes:
+                return await self._too_large(send)
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending the body
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await self._too_large(send)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send) -> None:
+        await self._refuse(send, 413, f"Request body too large: this server accepts at most {self.max_bytes} bytes",
+                           code="request_too_large")
+
+    @staticmethod
+    async def _refuse(send, status: int, message: str, code: Optional[str] = None) -> None:
+        payload = json.dumps(error_body(message, "invalid_request_error", code=code)).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError) -> JSONResponse:
+        return _error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        errors = e.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            where = first.get("loc", ("body", "?"))[-1]
+            detail = (first.get("ctx") or {}).get("error", "invalid JSON")
+            return _error_response(APIError(400, f"The body is not valid JSON: {detail} (at character {where})",
+                                            code="invalid_json"))
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        return _error_response(APIError(400, message, param=param, code="invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        message = e.detail if isinstance(e.detail, str) else json.dumps(e.detail)
+        return _error_response(APIError(e.status_code, message, headers=getattr(e, "headers", None)))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        return _error_response(APIError(500, f"internal error: {type(e).__name__}", type="server_error"))
+
+
+def _openapi(app: FastAPI) -> Dict[str, Any]:
+    """FastAPI's document without its 422 responses: validation errors are 400 here."""
+    if app.openapi_schema is None:
+        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for path in spec.get("paths", {}).values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        schemas = spec.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
+def parse_model_args(runs: List[str], named: List[str]) -> Dict[str, str]:
+    """``RUN`` (named after its folder) and ``NAME=RUN`` arguments -> {name: run}."""
+    out: Dict[str, str] = {}
+    pairs: List[Tuple[str, str]] = [(Path(r).resolve().name, r) for r in runs]
+    for item in named:
+        name, sep, run = item.partition("=")
+        if not sep or not name or not run:
+            raise ValueError(f"--model takes NAME=RUN, got {item!r}")
+        pairs.append((name, run))
+    for name, run in pairs:
+        if name in out:
+            raise ValueError(f"two models are named {name!r}; name them with --model NAME=RUN")
+        if name == DEFAULT_MODEL:
+            raise ValueError(f"{DEFAULT_MODEL!r} is reserved for the default model; choose another name")
+        out[name] = run
+    return out
+

@@ -1,0 +1,168 @@
+"""Request and response bodies of the HTTP API, as pydantic models.
+
+They follow OpenAI's (legacy) completions API, so its clients work unchanged,
+plus two extras, ``top_k`` and ``greedy``. They are strict (no coercion of
+"1" to 1, no unknown fields), so the OpenAPI document FastAPI derives from
+them describes exactly what the server accepts. OpenAI fields genrnn cannot
+honour are accepted only with their neutral value, so clients that always send
+them (``presence_penalty: 0``) still work.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_LOGPROBS = 20
+MAX_STOP = 4
+MAX_STOP_CHARS = 256
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = Field(False, description="Send a last chunk with the token counts (empty `choices`).")
+
+
+class CompletionRequest(_Strict):
+    """``POST /v1/completions``."""
+
+    model: Optional[str] = Field(
+        None, max_length=256,
+        description="A served model (see `GET /v1/models`). Left out or `\"default\"`: the first model the "
+                    "server was started with.")
+    prompt: Union[str, List[str]] = Field(
+        "", description="Text to continue, or a list of texts (one completion each, times `n`). An empty "
+                        "prompt starts a new document.")
+    max_tokens: int = Field(16, ge=0, description="Tokens to generate at most per completion (the server caps it).")
+    temperature: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False,
+                               description="Sampling temperature; 0 = greedy.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False,
+                         description="Nucleus sampling: only the most likely tokens whose mass reaches `top_p`.")
+    top_k: Optional[int] = Field(None, ge=1, description="genrnn extra: only the `top_k` most likely tokens.")
+    greedy: bool = Field(False, description="genrnn extra: always the most likely token (as temperature 0).")
+    n: int = Field(1, ge=1, description="Completions per prompt.")
+    stop: Optional[Union[str, List[str]]] = Field(
+        None, description=f"Up to {MAX_STOP} strings that end a completion (not included in the text).")
+    seed: Optional[int] = Field(
+        None, ge=-(2**63), le=2**63 - 1,
+        description="The same seed gives the same text, whatever else the server is generating.")
+    stream: bool = Field(False, description="Send the text as server-sent events, ending with `data: [DONE]`.")
+    stream_options: Optional[StreamOptions] = None
+    logprobs: Optional[int] = Field(
+        None, ge=0, le=MAX_LOGPROBS,
+        description="Return the log-probability of each token and of the `logprobs` most likely ones "
+                    "(the model's own distribution, before temperature and filtering).")
+    echo: bool = Field(False, description="Put the prompt before the completion in `text`.")
+    user: Optional[str] = Field(None, max_length=256, description="Accepted and ignored.")
+    # OpenAI options accepted only with their neutral values
+    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Only 0 (not supported).")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Only 0 (not supported).")
+    best_of: Optional[int] = Field(None, ge=1, description="Only equal to `n` (not supported otherwise).")
+    logit_bias: Optional[Dict[str, float]] = Field(None, max_length=0, description="Only empty (not supported).")
+    suffix: Optional[str] = Field(None, max_length=0, description="Only empty (not supported).")
+
+
+class Logprobs(BaseModel):
+    """OpenAI's legacy logprobs: one entry per generated token."""
+
+    tokens: List[str]
+    token_logprobs: List[Optional[float]]
+    top_logprobs: Optional[List[Optional[Dict[str, float]]]]
+    text_offset: List[int] = Field(description="Where each token starts in the prompt + completion text.")
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: Optional[Logprobs] = None
+    finish_reason: Optional[Literal["stop", "length"]] = Field(
+        description="`stop`: the model ended the document, or a stop string was met; `length`: `max_tokens` "
+                    "reached. Null in a stream chunk before the last one of its choice.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="Prompt tokens, the beginning-of-document marker not counted.")
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    """The response, and also each chunk of a stream (with partial `choices`)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: List[CompletionChoice]
+    usage: Optional[Usage] = None
+    system_fingerprint: Optional[str] = None
+
+
+class ModelDetails(BaseModel):
+    """genrnn extra: what kind of network is served."""
+
+    type: str
+    cell: Optional[str] = None
+    num_layers: Optional[int] = None
+    hidden_size: Optional[int] = None
+    tokenizer: str
+    vocab_size: int
+    parameters: int
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "genrnn"
+    genrnn: ModelDetails
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: List[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    models: List[str]
+    active_streams: int = Field(description="Rows generating now, all requests together.")
+    max_streams: int
+    limits: Dict[str, int] = Field(description="What a request may ask for (see `genrnn serve --help`).")
+    steps: int = Field(description="Batched model steps taken since the start.")
+    tokens: int = Field(description="Tokens generated since the start (tokens / steps = the average batch).")
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in OpenAI's shape."""
+
+    error: ErrorBody
+
+
+# One server-sent event of a streamed completion, as OpenAPI 3.1 describes the
+# items of text/event-stream: `data` is a CompletionResponse chunk (or an
+# error) as JSON, and the last event's data is the literal [DONE].
+SSE_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"anyOf": [
+            {"const": "[DONE]"},
+            {"type": "string", "contentMediaType": "application/json",
+             "contentSchema": {"anyOf": [{"$ref": "#/components/schemas/CompletionResponse"},
+                                         {"$ref": "#/components/schemas/ErrorResponse"}]}},
+        ]},
+    },
+}
