@@ -12,6 +12,18 @@ excluded tokens are ``-inf``:
 then steps the recurrent state one token at a time -- it never re-reads the
 text. It yields one (B,) tensor of new token ids per step; callers decode,
 stream and decide when to stop. Temperature 0 means greedy (argmax).
+
+Speed (``benchmarks/sampling.py``; figures in ``benchmarks/results/sampling.md``):
+a token costs one ``model.step`` plus a handful of small tensor operations, so
+at small batch the fixed cost of each operation is what counts. The loop
+therefore settles once per generation what does not change between steps
+(greedy or not, one temperature or one per row; :class:`_Sampler`), leaves
+``<pad>`` out by slicing the logits instead of copying them, and draws the
+token as the winner of an exponential race (see :func:`_race`) rather than
+with ``torch.multinomial``, which checks its input with two host
+synchronisations and about ten operations per call. On an accelerator the
+sampled ids stay on the device and are copied to the host in chunks
+(:data:`_MAX_CHUNK`), so the loop does not wait for the device every token.
 """
 
 from __future__ import annotations
@@ -82,20 +94,83 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 def sample_next(logits: torch.Tensor, temperature: torch.Tensor, top_k: Optional[int], top_p: Optional[float],
                 generator: Optional[torch.Generator]) -> torch.Tensor:
-    """One token per row from logits (B, V) -> (B,)."""
-    logits = logits.float().clone()  # ours to change: never write into the model's (maybe shared) tensor
-    logits[:, PAD_ID] = float("-inf")  # padding is never a word
-    greedy = logits.argmax(dim=-1)
-    if bool((temperature == 0).all()):
-        return greedy
-    logits = apply_temperature(logits, temperature)
-    if top_k is not None:
-        logits = top_k_filter(logits, top_k)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    sampled = torch.multinomial(probs, 1, generator=generator)[:, 0]
-    return torch.where(temperature.reshape(-1) == 0, greedy, sampled)
+    """One token per row from logits (B, V) -> (B,). ``<pad>`` is never drawn;
+    rows with temperature 0 take the argmax. The logits are not modified."""
+    return _Sampler(temperature, top_k, top_p, generator)(logits)
+
+
+# <pad> is left out of sampling by slicing it off the front of the logits
+assert PAD_ID == 0, "sampling assumes <pad> is token 0"
+
+# Smallest normal float32: uniforms are clamped to it so that -log(u) is finite.
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _race(probs: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Index of one draw per row from the (unnormalised) ``probs`` (B, V).
+
+    Each token gets an exponential waiting time ``E = -log(u)`` and the token
+    with the largest ``p / E`` wins: ``E / p`` is exponential with rate ``p``,
+    and the shortest of independent exponential times is token ``i`` with
+    probability ``p_i / sum(p)``. This is what ``torch.multinomial`` does
+    internally for one sample, minus its input checks (two host
+    synchronisations per call); measured per token at batch 1 in
+    ``benchmarks/sampling.py``. Tokens with ``p = 0`` score exactly 0 and
+    never win: ``u`` is clamped away from 0, so every ``E`` is finite and
+    positive (no ``0 / 0``), and a token with ``p > 0`` always scores above 0.
+    """
+    u = torch.rand(probs.shape, generator=generator, device=probs.device, dtype=probs.dtype)
+    # p / log(u) = -(p / E): the winner is the smallest
+    return torch.argmin(probs / u.clamp_min_(_TINY).log_(), dim=-1)
+
+
+class _Sampler:
+    """Draws one token per row from logits (B, V), with everything that stays
+    the same from step to step settled once: whether all rows are greedy, a
+    single temperature or one per row, the divisor for each row. That takes
+    the per-step host synchronisation (``bool((temperature == 0).all())``)
+    and several small operations out of the loop.
+
+    The transforms and their order are those of :func:`apply_temperature`,
+    :func:`top_k_filter` and :func:`top_p_filter`, applied to the logits with
+    the ``<pad>`` column sliced off (a view, no copy).
+    """
+
+    def __init__(self, temperature: torch.Tensor, top_k: Optional[int], top_p: Optional[float],
+                 generator: Optional[torch.Generator]):
+        temps = [float(t) for t in temperature.reshape(-1).tolist()]  # the one synchronisation
+        self.top_k, self.top_p, self.generator = top_k, top_p, generator
+        self.all_greedy = all(t == 0 for t in temps)
+        self.greedy_rows: Optional[torch.Tensor] = None  # (B,) bool where some rows are greedy
+        self.scale: Union[None, float, torch.Tensor] = None  # divide the logits by this
+        if self.all_greedy:
+            return
+        if any(t == 0 for t in temps):
+            self.greedy_rows = temperature.reshape(-1) == 0
+        if len(set(temps)) == 1:
+            self.scale = None if temps[0] == 1.0 else temps[0]
+        else:
+            t = temperature.to(torch.float32).reshape(-1, 1)
+            self.scale = torch.where(t > 0, t, torch.ones_like(t))
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        z = logits[:, PAD_ID + 1 :]  # a view: the caller's logits are never written
+        if z.dtype != torch.float32:
+            z = z.float()
+        if self.all_greedy:
+            return z.argmax(dim=-1) + 1
+        if self.scale is not None:
+            z = z / self.scale
+        if self.top_k is not None:
+            z = top_k_filter(z, self.top_k)
+        if self.top_p is not None:
+            z = top_p_filter(z, self.top_p)
+        sampled = _race(torch.softmax(z, dim=-1), self.generator) + 1
+        if self.greedy_rows is None:
+            return sampled
+        # temperature, top-k and top-p all keep the largest logit, so the greedy
+        # rows' argmax can be taken after them
+        return torch.where(self.greedy_rows, z.argmax(dim=-1) + 1, sampled)
 
 
 def _temperature_tensor(temperature: Temperature, batch: int, device: torch.device) -> torch.Tensor:
@@ -108,10 +183,17 @@ def _temperature_tensor(temperature: Temperature, batch: int, device: torch.devi
 
 
 def _single_step_kernels(device: torch.device):
-    """On CPU, run one-token steps without oneDNN: its fixed cost per call
-    dominates a single time step (measured: a 2x256 LSTM samples 3,479 vs
-    1,094 chars/s at batch 1 and 26,889 vs 22,856 at batch 64 without it). It
-    stays on for the prompt and for training, where it is faster."""
+    """On CPU, oneDNN off, for one-token steps through PyTorch's fused
+    recurrent modules: its fixed cost per call dominates a single time step
+    (measured: a 2x256 LSTM samples 3,479 vs 1,094 chars/s at batch 1 and
+    26,889 vs 22,856 at batch 64 without it).
+
+    genrnn's own loop no longer needs it: ``RNNLM.step`` computes the cell
+    update without the fused module (plain matrix products, which oneDNN does
+    not handle for float32 on CPU). It is kept for callers that step a model
+    whose ``step`` still calls ``nn.LSTM``/``nn.GRU``/``nn.RNN``. It flips a
+    process-wide switch, so only use it where no other thread runs torch.
+    """
     if device.type != "cpu":
         return contextlib.nullcontext()
     return _mkldnn_disabled()
@@ -127,6 +209,20 @@ def _mkldnn_disabled():
         torch.backends.mkldnn.enabled = previous
 
 
+# The most steps an accelerator runs ahead of the host: sampled ids stay on the
+# device and are copied back once per chunk. Chunks grow 1, 2, 4, ... so the
+# first token still comes back after one step.
+_MAX_CHUNK = 32
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():  # e.g. the Markov model: tables, no parameters
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.inference_mode()
 def generate_tokens(model: nn.Module, prompts: List[List[int]], config: SampleConfig,
                     device: Optional[torch.device] = None) -> Iterator[torch.Tensor]:
@@ -135,10 +231,18 @@ def generate_tokens(model: nn.Module, prompts: List[List[int]], config: SampleCo
     ``prompts`` are token-id lists (B of them, each non-empty); they run as one
     padded batch through ``model.prefill``.
     """
+    device = device or _model_device(model)
+    yield from _generate(model, prompts, config, device, 1 if device.type == "cpu" else _MAX_CHUNK)
+
+
+def _generate(model: nn.Module, prompts: List[List[int]], config: SampleConfig, device: torch.device,
+              max_chunk: int) -> Iterator[torch.Tensor]:
+    """:func:`generate_tokens` with the chunk size as a parameter, so that the
+    CPU tests run the accelerator's chunked path too (it must give the same
+    tokens)."""
     config.validate()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise GenrnnError("every prompt needs at least one token")
-    device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
@@ -147,17 +251,28 @@ def generate_tokens(model: nn.Module, prompts: List[List[int]], config: SampleCo
         idx = torch.full((B, int(lengths.max())), PAD_ID, dtype=torch.long)
         for i, p in enumerate(prompts):
             idx[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        temperature = _temperature_tensor(config.temperature, B, device)
         generator = None
         if config.seed is not None:
             generator = torch.Generator(device=device)
             generator.manual_seed(config.seed)
+        sample = _Sampler(_temperature_tensor(config.temperature, B, device), config.top_k, config.top_p,
+                          generator)
         logits, state = model.prefill(idx.to(device), lengths, None)
-        for _ in range(config.max_new_tokens):
-            nxt = sample_next(logits, temperature, config.top_k, config.top_p, generator)
-            yield nxt.cpu()
-            with _single_step_kernels(device):
-                logits, state = model.step(nxt, state)
+        n, done, chunk = config.max_new_tokens, 0, 1
+        while done < n:
+            k = min(chunk, n - done)
+            new = [sample(logits)]
+            for _ in range(k - 1):
+                logits, state = model.step(new[-1], state)
+                new.append(sample(logits))
+            if k == 1 and new[0].device.type == "cpu":
+                yield new[0]  # the CPU case: no copy, no stacking
+            else:
+                yield from torch.stack(new).cpu()  # one copy (and wait) per chunk
+            done += k
+            chunk = min(2 * chunk, max_chunk)
+            if done < n:  # after the hand-over, so the caller sees each chunk a step sooner
+                logits, state = model.step(new[-1], state)
     finally:
         model.train(was_training)
 
@@ -171,6 +286,38 @@ class Completion:
     text: str  # the generated continuation, without the prompt
     tokens: int  # tokens generated (the <eos> or stop text included)
     finish_reason: str  # "length", "eos" or "stop"
+
+
+def _collect(steps: Iterator[torch.Tensor], decoders: list, texts: List[str], counts: List[int],
+             reasons: List[Optional[str]]) -> None:
+    """:func:`complete` without stop strings or streaming: per token only the
+    ids come to Python and are scanned for ``<eos>`` (to stop once every row
+    has ended); the text is decoded once at the end. Fills ``texts``,
+    ``counts`` and ``reasons`` exactly as the per-token loop would. Measured
+    with a model that costs nothing (so only the loop counts; 300 tokens, one
+    thread): 68 us per step at batch 64 for the bare ``generate_tokens``, 127
+    for the per-row loop, FIXME for this one.
+    """
+    rows: List[List[int]] = []
+    ended = [False] * len(texts)
+    remaining = len(texts)
+    for nxt in steps:
+        ids = nxt.tolist()
+        rows.append(ids)
+        if EOS_ID in ids:
+            for i, tid in enumerate(ids):
+                if tid == EOS_ID and not ended[i]:
+                    ended[i] = True
+                    remaining -= 1
+            if not remaining:
+                break
+    for i, row in enumerate(zip(*rows)):
+        n = row.index(EOS_ID) + 1 if ended[i] else len(row)
+        counts[i] = n
+        if ended[i]:
+            reasons[i] = "eos"
+            n -= 1
+        texts[i] = "".join(decoders[i].push(tid) for tid in row[:n])
 
 
 def complete(model: nn.Module, tokenizer, prompts: Sequence[str], config: SampleConfig, *,
@@ -204,28 +351,35 @@ def complete(model: nn.Module, tokenizer, prompts: Sequence[str], config: Sample
         emitted[i] = end
 
     with autocast if autocast is not None else contextlib.nullcontext():
-        for nxt in generate_tokens(model, ids, config, device):
-            for i, tid in enumerate(nxt.tolist()):
-                if reasons[i] is not None:
-                    continue
-                counts[i] += 1
-                if tid == EOS_ID:
-                    reasons[i] = "eos"
-                    flush(i, True)
-                    continue
-                texts[i] += decoders[i].push(tid)
-                if stop:
-                    # only the tail can hold a new match: what was emitted had none
-                    window = max(0, emitted[i] - holdback)
-                    hits = [h for h in (texts[i].find(s, window) for s in stop) if h >= 0]
-                    if hits:
-                        texts[i] = texts[i][: min(hits)]
-                        reasons[i] = "stop"
-                        flush(i, True)
-                        continue
-                flush(i, False)
-            if all(r is not None for r in reasons):
-                break
+        steps = generate_tokens(model, ids, config, device)
+        try:
+            if not stop and on_text is None:  # nothing to do per token: decode at the end
+                _collect(steps, decoders, texts, counts, reasons)
+            else:
+                for nxt in steps:
+                    for i, tid in enumerate(nxt.tolist()):
+                        if reasons[i] is not None:
+                            continue
+                        counts[i] += 1
+                        if tid == EOS_ID:
+                            reasons[i] = "eos"
+                            flush(i, True)
+                            continue
+                        texts[i] += decoders[i].push(tid)
+                        if stop:
+                            # only the tail can hold a new match: what was emitted had none
+                            window = max(0, emitted[i] - holdback)
+                            hits = [h for h in (texts[i].find(s, window) for s in stop) if h >= 0]
+                            if hits:
+                                texts[i] = texts[i][: min(hits)]
+                                reasons[i] = "stop"
+                                flush(i, True)
+                                continue
+                        flush(i, False)
+                    if all(r is not None for r in reasons):
+                        break
+        finally:
+            steps.close()  # puts the model back in training mode now, even after a break
     for i in range(len(prompts)):
         if reasons[i] is None:
             reasons[i] = "length"

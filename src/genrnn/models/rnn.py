@@ -9,12 +9,13 @@ and RNN, each ``(num_layers, B, hidden_size)``.
 
 Generation does not call those modules for its one-token steps: :meth:`RNNLM.step`
 computes the cell update itself from the same parameters (see
-:func:`_cell_step`), because the fused modules' fixed cost per call dominates a
-single time step. Training, evaluation and ``prefill`` keep the fused modules.
+:func:`_cell_update`), because the fused modules' fixed cost per call dominates
+a single time step. Training, evaluation and ``prefill`` keep the fused modules.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
 import torch
@@ -46,40 +47,79 @@ def detach_state(state: State) -> State:
 # (weight_ih, weight_hh, bias_ih, bias_hh) of one layer
 LayerParams = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
-
-def _gates(x: Optional[torch.Tensor], w_ih: torch.Tensor, b_ih: torch.Tensor,
-           x_proj: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``x @ w_ih.T + b_ih``, or ``x_proj`` where the caller has it already
-    (the first layer's rows, gathered from the weights by token id)."""
-    return x_proj if x_proj is not None else torch.addmm(b_ih, x, w_ih.t())
+# The first layer's input projection is tabulated per token id (V x 4H for an
+# LSTM) only up to this many elements (16 MiB in float32): a character model's
+# table is tiny, a large word vocabulary's would not be.
+_TABLE_MAX_ELEMENTS = 1 << 22
 
 
-def _cell_step(cell: str, nonlinearity: str, params: LayerParams, x: Optional[torch.Tensor],
-               h: torch.Tensor, c: Optional[torch.Tensor], x_proj: Optional[torch.Tensor] = None
-               ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """One time step of one layer, as ``nn.LSTM``/``nn.GRU``/``nn.RNN`` define it
-    (same gate order, same two biases), for inputs ``x`` (B, I) and state ``h``
-    (and ``c``) (B, H). Returns the new ``h`` (and ``c``; None for GRU/RNN).
+class _ParamNames(dict):
+    """Layer i -> the fused module's names of its four parameters."""
 
-    Every operation is out of place, type-promoting and differentiable, so it
-    runs under autocast (the matrix products in bf16/fp16, as the fused module
-    would) and on any device. ``x_proj`` replaces ``x @ w_ih.T + b_ih``.
+    def __missing__(self, i: int) -> Tuple[str, ...]:
+        names = self[i] = tuple(f"{k}_l{i}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+        return names
+
+
+_PARAM_NAMES = _ParamNames()
+
+
+@dataclass
+class _StepWeights:
+    """What :meth:`RNNLM.step` multiplies with, derived from the parameters once
+    and kept until they change (``key``).
+
+    * ``w_ih_t``/``w_hh_t``: each layer's weights transposed and contiguous,
+      (in, gates). Measured side by side on this project's 2-core machine (one
+      thread, CPU time, median of 11): at batch 1 a whole step of a 3x512 LSTM
+      took 1.36 ms with these against 2.68 ms multiplying by the parameters'
+      transposed views (``addmm(b, x, w.t())``), and 2.37 against 4.45 ms at
+      batch 2; the 2x256 LSTM 0.19 against 0.20 ms. From batch 4 up the two
+      layouts were within noise. A product with one or two rows streams the
+      whole matrix, and MKL streams this layout faster.
+    * ``bias``: ``b_ih + b_hh`` for LSTM/RNN (one addition less per step), just
+      ``b_ih`` for GRU, whose ``b_hn`` sits inside ``r * (...)``; ``bias_hh``
+      is ``b_hh`` for GRU.
+    * ``table``: for the first layer, ``input(token) @ W_ih.T + bias`` for every
+      token (the one-hot input's is W_ih's columns), so the embedding lookup
+      and the first input product become one row gather; None where it would
+      be large (:data:`_TABLE_MAX_ELEMENTS`).
+
+    The copies cost as much memory as the recurrent weights once more.
     """
-    w_ih, w_hh, b_ih, b_hh = params
+
+    key: tuple
+    table: Optional[torch.Tensor]
+    w_ih_t: List[torch.Tensor]
+    w_hh_t: List[torch.Tensor]
+    bias: List[torch.Tensor]
+    bias_hh: List[torch.Tensor]
+
+
+def _cell_update(cell: str, nonlinearity: str, gi: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor],
+                 w_hh_t: torch.Tensor, b_hh: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One time step of one layer, as ``nn.LSTM``/``nn.GRU``/``nn.RNN`` define it
+    (same gate order), from ``gi`` = the input's part of the gates (B, G) and
+    the state ``h`` (and ``c``) (B, H). For LSTM and RNN ``gi`` includes both
+    biases; for GRU only ``b_ih``, and ``b_hh`` is passed apart. Returns the
+    new ``h`` (and ``c``; None for GRU/RNN).
+
+    Every operation is out of place and type-promoting, so this also runs
+    under autocast (the matrix products in bf16/fp16, as in the fused module)
+    and on any device.
+    """
     H = h.shape[-1]
-    gi = _gates(x, w_ih, b_ih, x_proj)
-    gh = torch.addmm(b_hh, h, w_hh.t())
-    if cell == "lstm":  # gates i, f, g, o
-        gates = gi + gh
-        s = torch.sigmoid(gates)  # the g quarter is not used; one call beats three on (B, H)
-        c_new = torch.addcmul(s[:, H : 2 * H] * c, s[:, :H], torch.tanh(gates[:, 2 * H : 3 * H]))
-        return s[:, 3 * H :] * torch.tanh(c_new), c_new
     if cell == "gru":  # gates r, z, n; n = tanh(x W_in + b_in + r * (h W_hn + b_hn))
+        gh = torch.addmm(b_hh, h, w_hh_t)
         rz = torch.sigmoid(gi[:, : 2 * H] + gh[:, : 2 * H])
         n = torch.tanh(torch.addcmul(gi[:, 2 * H :], rz[:, :H], gh[:, 2 * H :]))
         return n + rz[:, H:] * (h - n), None  # (1 - z) * n + z * h
-    pre = gi + gh
-    return (torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)), None
+    gates = torch.addmm(gi, h, w_hh_t)
+    if cell == "lstm":  # gates i, f, g, o
+        s = torch.sigmoid(gates)  # the g quarter is not used; one call beats three on (B, H)
+        c_new = torch.addcmul(s[:, H : 2 * H] * c, s[:, :H], torch.tanh(gates[:, 2 * H : 3 * H]))
+        return s[:, 3 * H :] * torch.tanh(c_new), c_new
+    return (torch.tanh(gates) if nonlinearity == "tanh" else torch.relu(gates)), None
 
 
 class StackedRNN(nn.Module):
@@ -130,6 +170,7 @@ class RNNLM(nn.Module):
             self.head.weight = self.embedding.weight
         first = self.rnn.layers[0] if isinstance(self.rnn, StackedRNN) else self.rnn
         self._nonlinearity: str = getattr(first, "nonlinearity", "tanh")
+        self._step_weights: Optional[_StepWeights] = None  # not a buffer: never in the state dict
 
     def _inputs(self, idx: torch.Tensor) -> torch.Tensor:
         if self.embedding is None:
@@ -167,47 +208,114 @@ class RNNLM(nn.Module):
     def step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """One generation step: ``idx`` (B,) -> logits (B, V).
 
-        Computes the cell update with a few matrix products and elementwise
-        operations per layer instead of calling the fused module: for one time
-        step the fused module's fixed cost per call dominates (oneDNN's above
-        all). Measured side by side on 2 CPU cores (``benchmarks/sampling.py``,
-        ``benchmarks/results/sampling.md``), a step of the 2x256 LSTM at
-        batch 1 took FIXME. The result equals the module's within float
-        rounding (``tests/test_fast_step.py``). In training mode with dropout
-        the module runs, so that the dropout masks are drawn as in training.
+        Without gradients (inference mode or ``no_grad``, as in generation),
+        the cell update is computed here, with two matrix products and a few
+        elementwise operations per layer, instead of calling the fused module:
+        for one time step the module's fixed cost per call dominates. Measured
+        side by side on 2 CPU cores (``benchmarks/results/sampling.md``), with
+        the sampling changes in ``genrnn.sampling``, the 2x256 LSTM samples
+        FIXME chars/s at batch 1 against FIXME for the module stepped with oneDNN
+        off. The result equals the module's within float rounding
+        (``tests/test_fast_step.py``).
+
+        The weights it multiplies with are derived copies (:class:`_StepWeights`),
+        rebuilt whenever a parameter is replaced or changed in place (its
+        version counter moves: optimizer steps, ``load_state_dict``,
+        ``torch.no_grad()`` edits, ``.to()``). Edits through ``param.data``
+        bypass the version counter: call :meth:`clear_step_cache` after them.
+
+        With gradients enabled, in training mode with dropout, or with weights
+        made under ``torch.inference_mode`` (which have no version counter),
+        the fused module runs as before.
         """
-        if self.training and self.config.dropout > 0:
-            out, state = self.rnn(self._inputs(idx[:, None]), state)  # (B, 1, H)
-            return self.head(out[:, 0]), state
-        return self._fast_step(idx, state)
+        if torch.is_grad_enabled() or (self.training and self.config.dropout > 0):
+            return self._module_step(idx, state)
+        weights = self._current_step_weights()
+        if weights is None:
+            return self._module_step(idx, state)
+        return self._fast_step(weights, idx, state)
 
-    def _layer_params(self) -> List[LayerParams]:
-        """Each layer's (weight_ih, weight_hh, bias_ih, bias_hh), fused or stacked."""
-        if isinstance(self.rnn, StackedRNN):
-            return [(m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0) for m in self.rnn.layers]
-        p = self.rnn._parameters
-        return [(p[f"weight_ih_l{i}"], p[f"weight_hh_l{i}"], p[f"bias_ih_l{i}"], p[f"bias_hh_l{i}"])
-                for i in range(self.config.num_layers)]
+    def clear_step_cache(self) -> None:
+        """Forget the weight copies :meth:`step` keeps (rebuilt at the next step)."""
+        self._step_weights = None
 
-    def _fast_step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+    def train(self, mode: bool = True) -> "RNNLM":
+        """As ``nn.Module.train``; going back to training also drops the weight
+        copies of :meth:`step`, so they do not sit in memory while the weights
+        they were made from change (generation puts the mode back when it ends)."""
+        if mode:
+            self._step_weights = None
+        return super().train(mode)
+
+    def _module_step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
+        out, state = self.rnn(self._inputs(idx[:, None]), state)  # (B, 1, H)
+        return self.head(out[:, 0]), state
+
+    def _step_params(self) -> List[torch.Tensor]:
+        """weight_ih, weight_hh, bias_ih, bias_hh of each layer (fused or
+        stacked), then the embedding's weight if there is one. Read straight
+        from the modules' parameter dicts: this runs every step."""
+        mods = self._modules
+        rnn = mods["rnn"]
+        if isinstance(rnn, StackedRNN):
+            params = [m._parameters[n] for m in rnn.layers for n in _PARAM_NAMES[0]]
+        else:
+            p = rnn._parameters
+            params = [p[n] for i in range(self.config.num_layers) for n in _PARAM_NAMES[i]]
+        embedding = mods.get("embedding")  # None (one-hot input) is a plain attribute
+        if embedding is not None:
+            params.append(embedding._parameters["weight"])
+        return params
+
+    def _current_step_weights(self) -> Optional[_StepWeights]:
+        """The cached weights if no parameter was replaced, moved (``.to``,
+        ``.data =``) or changed in place since they were made; else new ones.
+        About 4 us per step for the 2x256 LSTM, most of it building the key."""
+        params = self._step_params()
+        try:
+            key = tuple([(id(t), t.data_ptr(), t._version) for t in params])
+        except RuntimeError:  # inference tensors: no version counter to watch
+            return None
+        weights = self._step_weights
+        if weights is None or weights.key != key:
+            L = self.config.num_layers
+            layers: List[LayerParams] = [tuple(params[4 * i : 4 * i + 4]) for i in range(L)]  # type: ignore[misc]
+            weights = self._step_weights = self._build_step_weights(key, layers)
+        return weights
+
+    def _build_step_weights(self, key: tuple, layers: List[LayerParams]) -> _StepWeights:
+        gru = self.config.cell == "gru"
+        device_type = layers[0][0].device.type
+        with torch.no_grad(), torch.autocast(device_type, enabled=False):  # kept in the weights' dtype
+            bias = [b_ih if gru else b_ih + b_hh for _, _, b_ih, b_hh in layers]
+            w_ih_t = [w_ih.t().contiguous() for w_ih, _, _, _ in layers]
+            w_hh_t = [w_hh.t().contiguous() for _, w_hh, _, _ in layers]
+            table = None
+            V, G = self.config.vocab_size, w_ih_t[0].shape[1]
+            if self.embedding is None:  # one-hot @ W_ih.T: W_ih's columns
+                table = w_ih_t[0] + bias[0]
+            elif V * G <= _TABLE_MAX_ELEMENTS:
+                table = torch.addmm(bias[0], self.embedding.weight, w_ih_t[0])
+            if table is not None:
+                w_ih_t[0] = w_ih_t[0].new_empty((0, G))  # not needed any more (a view would keep it)
+        return _StepWeights(key, table, w_ih_t, w_hh_t, bias, [b_hh for _, _, _, b_hh in layers] if gru else [])
+
+    def _fast_step(self, w: _StepWeights, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         cell, L, H = self.config.cell, self.config.num_layers, self.config.hidden_size
-        layers = self._layer_params()
-        w_ih0, _, b_ih0, _ = layers[0]
         if state is None:
-            zeros = w_ih0.new_zeros(L, idx.shape[0], H)
+            zeros = w.w_hh_t[0].new_zeros(L, idx.shape[0], H)
             state = (zeros, zeros) if cell == "lstm" else zeros
         h, c = state if isinstance(state, tuple) else (state, None)
-        x_proj = None
-        if self.embedding is None:  # one-hot @ W_ih.T is a gather of W_ih's columns
-            x_proj = w_ih0.t()[idx] + b_ih0
-            x = None
-        else:
-            x = self.embedding(idx)
         hs: List[torch.Tensor] = []
         cs: List[torch.Tensor] = []
-        for i, params in enumerate(layers):
-            x, c_i = _cell_step(cell, self._nonlinearity, params, x, h[i], None if c is None else c[i],
-                                x_proj if i == 0 else None)
+        x = None
+        for i in range(L):
+            if i == 0 and w.table is not None:
+                gi = w.table[idx]
+            else:
+                gi = torch.addmm(w.bias[i], self.embedding(idx) if i == 0 else x, w.w_ih_t[i])
+            x, c_i = _cell_update(cell, self._nonlinearity, gi, h[i], None if c is None else c[i], w.w_hh_t[i],
+                                  w.bias_hh[i] if w.bias_hh else None)
             hs.append(x)
             if c_i is not None:
                 cs.append(c_i)
