@@ -54,23 +54,27 @@ grid = pytest.mark.parametrize("cell,embedding_size,num_layers,dropout",
 
 
 @grid
-def test_fast_step_equals_the_module(cell, embedding_size, num_layers, dropout):
+@pytest.mark.parametrize("rows", [[1], [0, 2], [0, 1, 2]])
+def test_fast_step_equals_the_module(cell, embedding_size, num_layers, dropout, rows):
     """Logits and state after each of several steps, from a prefilled state and
-    from no state, equal the fused (or stacked) module's."""
+    from no state, equal the fused (or stacked) module's. Batches of 1 and 2
+    multiply by contiguous copies of the weights, larger ones by the parameters."""
     model = make(cell, embedding_size, num_layers, dropout)  # outside inference mode (see below)
     assert isinstance(model.rnn, StackedRNN) == (dropout > 0)
-    idx = torch.tensor([[3, 4, 5, 6, 7], [8, 9, PAD_ID, PAD_ID, PAD_ID], [10, 2, 3, PAD_ID, PAD_ID]])
+    idx = torch.tensor([[3, 4, 5, 6, 7], [8, 9, PAD_ID, PAD_ID, PAD_ID], [10, 2, 3, PAD_ID, PAD_ID]])[rows]
     with torch.inference_mode():
-        _, state = model.prefill(idx, torch.tensor([5, 2, 3]))
+        _, state = model.prefill(idx, torch.tensor([5, 2, 3])[rows])
         fast, slow = state, state
         for tokens in ([3, 4, 5], [6, 7, 8], [9, 10, 1], [2, 3, 4]):
-            nxt = torch.tensor(tokens)
+            nxt = torch.tensor(tokens)[rows]
             out_fast = model.step(nxt, fast)
             out_slow = model._module_step(nxt, slow)
             assert_same(out_fast, out_slow)
             fast, slow = out_fast[1], out_slow[1]
         assert model._step_weights is not None  # the fast path did run
-        assert_same(model.step(torch.tensor([3, 4, 5]), None), model._module_step(torch.tensor([3, 4, 5]), None))
+        assert (model._step_weights._copies is not None) == (len(rows) <= 2)
+        nxt = torch.tensor([3, 4, 5])[rows]
+        assert_same(model.step(nxt, None), model._module_step(nxt, None))
 
 
 @grid

@@ -64,19 +64,28 @@ class _ParamNames(dict):
 _PARAM_NAMES = _ParamNames()
 
 
+# Up to this batch size a step multiplies by transposed, contiguous copies of
+# the weights; above it by the parameters themselves (see _StepWeights).
+_COPY_MAX_BATCH = 2
+
+
 @dataclass
 class _StepWeights:
     """What :meth:`RNNLM.step` multiplies with, derived from the parameters once
     and kept until they change (``key``).
 
-    * ``w_ih_t``/``w_hh_t``: each layer's weights transposed and contiguous,
-      (in, gates). Measured side by side on this project's 2-core machine (one
-      thread, CPU time, median of 11): at batch 1 a whole step of a 3x512 LSTM
-      took 1.36 ms with these against 2.68 ms multiplying by the parameters'
-      transposed views (``addmm(b, x, w.t())``), and 2.37 against 4.45 ms at
-      batch 2; the 2x256 LSTM 0.19 against 0.20 ms. From batch 4 up the two
-      layouts were within noise. A product with one or two rows streams the
-      whole matrix, and MKL streams this layout faster.
+    * ``w_ih``/``w_hh``: each layer's weights as (in, gates) matrices. Which
+      layout is faster depends on the batch. Measured side by side, whole
+      steps, 2 threads on this project's 2-core machine, median of 9 (3x512
+      LSTM, then 2x256), transposed contiguous copies against the parameters'
+      transposed views (``addmm(b, x, w.t())``): batch 1 1.14 vs 2.29 ms
+      (0.154 vs 0.170), batch 2 1.86 vs 4.07 ms (0.226 vs 0.260), batch 4
+      4.16 vs 3.75 ms (0.382 vs 0.373), batch 64 9.05 vs 7.97 ms (2.16 vs
+      2.04). A product with one or two rows streams the whole matrix, and MKL
+      streams the (in, gates) layout faster; larger products favour the
+      parameters' own layout. So the copies (``copies()``, made on first use:
+      as much memory as the recurrent weights once more) serve batches up to
+      :data:`_COPY_MAX_BATCH`, and the views (free) the rest.
     * ``bias``: ``b_ih + b_hh`` for LSTM/RNN (one addition less per step), just
       ``b_ih`` for GRU, whose ``b_hn`` sits inside ``r * (...)``; ``bias_hh``
       is ``b_hh`` for GRU.
@@ -84,16 +93,24 @@ class _StepWeights:
       token (the one-hot input's is W_ih's columns), so the embedding lookup
       and the first input product become one row gather; None where it would
       be large (:data:`_TABLE_MAX_ELEMENTS`).
-
-    The copies cost as much memory as the recurrent weights once more.
     """
 
     key: tuple
     table: Optional[torch.Tensor]
-    w_ih_t: List[torch.Tensor]
-    w_hh_t: List[torch.Tensor]
+    w_ih: List[torch.Tensor]  # views of the parameters, (in, gates)
+    w_hh: List[torch.Tensor]
     bias: List[torch.Tensor]
     bias_hh: List[torch.Tensor]
+    _copies: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None
+
+    def copies(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """(w_ih, w_hh) as contiguous copies, made the first time they are asked for."""
+        if self._copies is None:
+            with torch.no_grad():
+                w_ih = [w.new_empty((0, w.shape[1])) if i == 0 and self.table is not None else w.contiguous()
+                        for i, w in enumerate(self.w_ih)]  # the table replaces layer 0's
+                self._copies = (w_ih, [w.contiguous() for w in self.w_hh])
+        return self._copies
 
 
 def _cell_update(cell: str, nonlinearity: str, gi: torch.Tensor, h: torch.Tensor, c: Optional[torch.Tensor],
@@ -218,8 +235,8 @@ class RNNLM(nn.Module):
         off. The result equals the module's within float rounding
         (``tests/test_fast_step.py``).
 
-        The weights it multiplies with are derived copies (:class:`_StepWeights`),
-        rebuilt whenever a parameter is replaced or changed in place (its
+        What it multiplies with is derived from the parameters (:class:`_StepWeights`)
+        and rebuilt whenever a parameter is replaced or changed in place (its
         version counter moves: optimizer steps, ``load_state_dict``,
         ``torch.no_grad()`` edits, ``.to()``). Edits through ``param.data``
         bypass the version counter: call :meth:`clear_step_cache` after them.
@@ -288,22 +305,20 @@ class RNNLM(nn.Module):
         device_type = layers[0][0].device.type
         with torch.no_grad(), torch.autocast(device_type, enabled=False):  # kept in the weights' dtype
             bias = [b_ih if gru else b_ih + b_hh for _, _, b_ih, b_hh in layers]
-            w_ih_t = [w_ih.t().contiguous() for w_ih, _, _, _ in layers]
-            w_hh_t = [w_hh.t().contiguous() for _, w_hh, _, _ in layers]
+            w_ih = [w.t() for w, _, _, _ in layers]
             table = None
-            V, G = self.config.vocab_size, w_ih_t[0].shape[1]
             if self.embedding is None:  # one-hot @ W_ih.T: W_ih's columns
-                table = w_ih_t[0] + bias[0]
-            elif V * G <= _TABLE_MAX_ELEMENTS:
-                table = torch.addmm(bias[0], self.embedding.weight, w_ih_t[0])
-            if table is not None:
-                w_ih_t[0] = w_ih_t[0].new_empty((0, G))  # not needed any more (a view would keep it)
-        return _StepWeights(key, table, w_ih_t, w_hh_t, bias, [b_hh for _, _, _, b_hh in layers] if gru else [])
+                table = w_ih[0] + bias[0]
+            elif self.config.vocab_size * w_ih[0].shape[1] <= _TABLE_MAX_ELEMENTS:
+                table = torch.addmm(bias[0], self.embedding.weight, w_ih[0])
+        return _StepWeights(key, table, w_ih, [w.t() for _, w, _, _ in layers], bias,
+                            [b_hh for _, _, _, b_hh in layers] if gru else [])
 
     def _fast_step(self, w: _StepWeights, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         cell, L, H = self.config.cell, self.config.num_layers, self.config.hidden_size
+        w_ih, w_hh = w.copies() if idx.shape[0] <= _COPY_MAX_BATCH else (w.w_ih, w.w_hh)
         if state is None:
-            zeros = w.w_hh_t[0].new_zeros(L, idx.shape[0], H)
+            zeros = w.bias[0].new_zeros(L, idx.shape[0], H)
             state = (zeros, zeros) if cell == "lstm" else zeros
         h, c = state if isinstance(state, tuple) else (state, None)
         hs: List[torch.Tensor] = []
@@ -313,8 +328,8 @@ class RNNLM(nn.Module):
             if i == 0 and w.table is not None:
                 gi = w.table[idx]
             else:
-                gi = torch.addmm(w.bias[i], self.embedding(idx) if i == 0 else x, w.w_ih_t[i])
-            x, c_i = _cell_update(cell, self._nonlinearity, gi, h[i], None if c is None else c[i], w.w_hh_t[i],
+                gi = torch.addmm(w.bias[i], self.embedding(idx) if i == 0 else x, w_ih[i])
+            x, c_i = _cell_update(cell, self._nonlinearity, gi, h[i], None if c is None else c[i], w_hh[i],
                                   w.bias_hh[i] if w.bias_hh else None)
             hs.append(x)
             if c_i is not None:
