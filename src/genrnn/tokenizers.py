@@ -351,35 +351,30 @@ class _WordStreamDecoder(StreamDecoder):
         return tok in _ATTACH_LEFT, tok in _ATTACH_RIGHT
 
 
-class WordTokenizer(_VocabTokenizer):
-    """Words and punctuation, for word-level models (PTB, a book).
+class _PatternTokenizer(_VocabTokenizer):
+    """Tokens are the matches of a regular expression (``_PATTERN``), the
+    vocabulary most frequent first; ``<unk>`` in the text is the special token."""
 
-    Decoding writes the tokens the way people do ("Alice was beginning, to get
-    (very) tired.") and never glues two tokens into a different one, so
-    ``encode(decode(ids)) == ids`` for any ids other than ``<pad>``/``<eos>``.
-    """
-
-    kind = "word"
+    _PATTERN: ClassVar[re.Pattern]
+    _WHAT: ClassVar[str]  # for the error on a text with no tokens
 
     @classmethod
     def build(
         cls, texts: Iterable[str], *, lower: bool = False, vocab_size: int | None = None
-    ) -> WordTokenizer:
+    ) -> _PatternTokenizer:
         counts: Counter[str] = Counter()
         for text in texts:
-            counts.update(_TOKEN_RE.findall(text.lower() if lower else text))
+            counts.update(cls._PATTERN.findall(text.lower() if lower else text))
         counts.pop(SPECIALS[UNK_ID], None)  # "<unk>" in the text is the special token
         if not counts:
-            raise GenrnnError(
-                "cannot build a word vocabulary: the training text has no words or punctuation"
-            )
+            raise GenrnnError(f"cannot build a {cls.kind} vocabulary: the training text has no {cls._WHAT}")
         # Most frequent first; sorted() is stable, so ties keep first-occurrence order.
         words = sorted(counts, key=lambda w: -counts[w])
         limit = _regular_limit(vocab_size)
         return cls(words[:limit] if limit is not None else words, lower=lower)
 
     def _tokens(self, text: str) -> list[str]:
-        return _TOKEN_RE.findall(text.lower() if self.lower else text)
+        return self._PATTERN.findall(text.lower() if self.lower else text)
 
     def encode(self, text: str) -> list[int]:
         get = self._stoi.get
@@ -390,12 +385,25 @@ class WordTokenizer(_VocabTokenizer):
         ids = map(self._stoi.get, tokens, itertools.repeat(UNK_ID))
         return np.fromiter(ids, dtype=np.int64, count=len(tokens))
 
+    @classmethod
+    def _is_token(cls, token: str) -> bool:
+        return cls._PATTERN.findall(token) == [token] and token != SPECIALS[UNK_ID]
+
+
+class WordTokenizer(_PatternTokenizer):
+    """Words and punctuation, for word-level models (PTB, a book).
+
+    Decoding writes the tokens the way people do ("Alice was beginning, to get
+    (very) tired.") and never glues two tokens into a different one, so
+    ``encode(decode(ids)) == ids`` for any ids other than ``<pad>``/``<eos>``.
+    """
+
+    kind = "word"
+    _PATTERN = _TOKEN_RE
+    _WHAT = "words or punctuation"
+
     def decoder(self) -> StreamDecoder:
         return _WordStreamDecoder(self._vocab)
-
-    @staticmethod
-    def _is_token(token: str) -> bool:
-        return _TOKEN_RE.findall(token) == [token] and token != SPECIALS[UNK_ID]
 
 
 # Whitespace tokens: a line break, or a run of anything else that is not whitespace.
@@ -419,7 +427,7 @@ class _SpaceStreamDecoder(StreamDecoder):
         return " " + tok if space else tok
 
 
-class WhitespaceTokenizer(_VocabTokenizer):
+class WhitespaceTokenizer(_PatternTokenizer):
     """Tokens are what lies between spaces; each line break is a token too.
 
     For corpora that are already tokenized, above all Penn Treebank as Mikolov
@@ -430,39 +438,11 @@ class WhitespaceTokenizer(_VocabTokenizer):
     """
 
     kind = "whitespace"
-
-    @classmethod
-    def build(
-        cls, texts: Iterable[str], *, lower: bool = False, vocab_size: int | None = None
-    ) -> WhitespaceTokenizer:
-        counts: Counter[str] = Counter()
-        for text in texts:
-            counts.update(_SPACE_RE.findall(text.lower() if lower else text))
-        counts.pop(SPECIALS[UNK_ID], None)
-        if not counts:
-            raise GenrnnError("cannot build a whitespace vocabulary: the training text has no tokens")
-        words = sorted(counts, key=lambda w: -counts[w])
-        limit = _regular_limit(vocab_size)
-        return cls(words[:limit] if limit is not None else words, lower=lower)
-
-    def _tokens(self, text: str) -> list[str]:
-        return _SPACE_RE.findall(text.lower() if self.lower else text)
-
-    def encode(self, text: str) -> list[int]:
-        get = self._stoi.get
-        return [get(t, UNK_ID) for t in self._tokens(text)]
-
-    def encode_array(self, text: str) -> np.ndarray:
-        tokens = self._tokens(text)
-        ids = map(self._stoi.get, tokens, itertools.repeat(UNK_ID))
-        return np.fromiter(ids, dtype=np.int64, count=len(tokens))
+    _PATTERN = _SPACE_RE
+    _WHAT = "tokens"
 
     def decoder(self) -> StreamDecoder:
         return _SpaceStreamDecoder(self._vocab)
-
-    @staticmethod
-    def _is_token(token: str) -> bool:
-        return _SPACE_RE.findall(token) == [token] and token != SPECIALS[UNK_ID]
 
 
 TOKENIZERS: dict[str, type[Tokenizer]] = {
