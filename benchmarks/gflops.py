@@ -1,9 +1,9 @@
 """Training efficiency: achieved GFLOP/s of genrnn's training step against this
 machine's float32 matrix-multiply ceiling, measured in the same run.
 
-    python benchmarks/gflops.py                       # the tables in benchmarks/results/gflops.md
-    python benchmarks/gflops.py --repeats 5 --json out.json
-    python benchmarks/gflops.py --trainer ../shared/data/tinyshakespeare/input.txt
+    python benchmarks/gflops.py
+    python benchmarks/gflops.py --repeats 7 --trainer ../shared/data/tinyshakespeare/input.txt --json out.json
+        # (benchmarks/results/gflops.md; --trainer also times genrnn.train's own loop)
 
 Ceiling: the median GFLOP/s of ``torch.mm`` on square float32 matrices of 1024,
 1536 and 2048 (2 n^3 FLOPs each), per thread count; the best size counts. One
@@ -12,8 +12,9 @@ the ceiling and the training step see the same load.
 
 Training step: forward, backward and AdamW on random tokens, the same step
 that ``benchmarks/speed.py``'s ``train_speed`` times (here with each phase
-timed too, and the configurations interleaved), for the default 2x256 LSTM (embedding 64, vocabulary 68). Model FLOPs are counted
-analytically, as matrix products only (a multiply-add is 2 FLOPs):
+timed too, and the configurations interleaved), for the default 2x256 LSTM
+(embedding 64, vocabulary 68). Model FLOPs are counted analytically, as matrix
+products only (a multiply-add is 2 FLOPs):
 
     forward, per token:  sum over layers l of 2 * G * H * (I_l + H)  +  2 * H * V
         G = 4 gates (LSTM; 3 for GRU, 1 for RNN), I_l = the layer's input size
@@ -25,6 +26,13 @@ Elementwise gate arithmetic, the softmax/cross-entropy and AdamW (a few FLOPs
 per parameter per step) are left out: together well under 1% here. For the
 default model the forward is 2*4*256*(64+256) + 2*4*256*(256+256) + 2*256*68
 = 1,738,752 FLOPs per token, so a step is 5.22 MFLOP per token.
+
+Variants of the default 64x128 batch: oneDNN off (PyTorch's own LSTM
+kernels), AdamW with ``fused=True``, bf16 autocast (the ceiling is float32's,
+so no fraction), fewer threads, and the batch run as 2 or 4 slices of rows
+whose gradients add up to the whole batch's (each slice's mean loss weighted by
+its share of the targets; one AdamW step): the same update, a smaller working
+set per forward/backward.
 
 Every configuration's model and optimizer are built first; then the rounds
 interleave one timed step of each, so the noise of a shared machine hits them
@@ -43,7 +51,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
@@ -116,6 +124,7 @@ class Case:
     mkldnn: bool = True
     fused_adamw: bool = False
     bf16: bool = False  # CPU autocast to bfloat16 (not float32: not comparable with the ceiling)
+    micro: int = 1  # forward/backward in this many slices of rows, gradients summed, one AdamW step
     model_kw: dict = field(default_factory=lambda: dict(DEFAULT_MODEL))
     times: List[float] = field(default_factory=list)
     phases: Dict[str, List[float]] = field(default_factory=lambda: {"forward": [], "backward": [], "optimizer": []})
@@ -144,12 +153,17 @@ class Case:
         the phases timed too."""
         with self.settings():
             t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                _, loss, _ = self.model(self.x, self.y)
-            t1 = time.perf_counter()
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            fwd = 0.0
+            for x, y in zip(self.x.chunk(self.micro), self.y.chunk(self.micro)):
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    _, loss, _ = self.model(x, y)
+                fwd += time.perf_counter() - t
+                # the mean over all targets: each slice weighs by its share of them
+                (loss * (y.numel() / self.y.numel())).backward()
             t2 = time.perf_counter()
+            t1 = t0 + fwd
             self.opt.step()
             t3 = time.perf_counter()
         if record:
@@ -218,8 +232,11 @@ def main() -> None:
     ceiling = Ceiling(threads)
 
     grid = [Case(f"{b}x{s}", b, s, T) for b, s in
-            [(32, 128), (64, 64), (64, 128), (64, 256), (128, 128), (256, 64), (256, 128)]]
-    variants = [Case("64x128, oneDNN off", 64, 128, T, mkldnn=False),
+            [(32, 128), (64, 64), (128, 32), (64, 128), (128, 64), (64, 256), (16, 256), (128, 128), (256, 64),
+             (256, 128)]]
+    variants = [Case("64x128 in 2 slices of 32 rows", 64, 128, T, micro=2),
+                Case("64x128 in 4 slices of 16 rows", 64, 128, T, micro=4),
+                Case("64x128, oneDNN off", 64, 128, T, mkldnn=False),
                 Case("64x128, fused AdamW", 64, 128, T, fused_adamw=True),
                 Case("64x128, bf16 autocast", 64, 128, T, bf16=True)]
     for t in threads:
@@ -255,8 +272,8 @@ def main() -> None:
 
     results = {"machine": machine_line(torch.device("cpu")), "args": vars(args),
                "flops_per_token": cases[0].flops,
-               "ceiling": {str(t): {"gflops": ceiling.gflops(t), "runs": {str(n): ceiling.runs[t, n] for n in ceiling.mats}}
-                           for t in threads},
+               "ceiling": {str(t): {"gflops": ceiling.gflops(t),
+                                    "runs": {str(n): ceiling.runs[t, n] for n in ceiling.mats}} for t in threads},
                "cases": [{"name": c.name, "batch": c.batch, "seq_len": c.seq_len, "threads": c.threads,
                           "mkldnn": c.mkldnn, "fused_adamw": c.fused_adamw, "tokens_per_s": c.tokens_per_s,
                           "gflops": c.tokens_per_s * c.flops / 1e9, "step_times": c.times, "phases": c.phases}

@@ -1,9 +1,10 @@
 """Sampling speed: genrnn's generation loop before and after the fast path,
 against the naive loop, side by side in one process.
 
-    python benchmarks/sampling.py                      # the figures in benchmarks/results/sampling.md
-    python benchmarks/sampling.py --repeats 7 --length 500 --json out.json
-    python benchmarks/sampling.py --ablation           # also: which change gained what
+    python benchmarks/sampling.py
+    python benchmarks/sampling.py --repeats 7 --length 300 --ablation --json out.json
+        # (benchmarks/results/sampling.md; --ablation adds the half-way variants)
+    python benchmarks/sampling.py --threads 1 --models "2x256 LSTM" --batches 1 64
 
 Models: the default 2x256 LSTM and a 3x512 LSTM (embedding 64, vocabulary 68,
 tiny Shakespeare's characters + 3 specials), random weights (speed does not

@@ -380,3 +380,27 @@ def test_training_mode_drops_the_weight_copies():
     assert model._step_weights is None
     model.eval()
     torch.testing.assert_close(step_logits(model), reference_logits(model), atol=1e-5, rtol=0)
+
+
+def test_large_cpu_batches_use_onednn_when_it_is_on(monkeypatch):
+    """From a batch x width x threads threshold, the fused module (oneDNN)
+    runs the step on CPU, unless oneDNN is off; the results agree either way."""
+    import genrnn.models.rnn as rnn
+
+    model = make("lstm", 6, 2)
+    monkeypatch.setattr(rnn, "_ONEDNN_MIN_WORK", 3 * 16)  # batch 3 x width 16 x 1 thread
+    nxt = torch.tensor([3, 4, 5])
+    with torch.inference_mode():
+        _, state = model.prefill(torch.tensor([[3, 4]] * 3), torch.tensor([2, 2, 2]))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            assert_same(model.step(nxt, state), model._module_step(nxt, state))
+            assert model._step_weights is None  # the module ran
+            assert not model._onednn_wins(nxt[:2])
+            with sampling._mkldnn_disabled():
+                assert not model._onednn_wins(nxt)
+                assert_same(model.step(nxt, state), model._module_step(nxt, state))
+            assert model._step_weights is not None  # the fast path ran
+        finally:
+            torch.set_num_threads(threads)

@@ -68,6 +68,16 @@ _PARAM_NAMES = _ParamNames()
 # the weights; above it by the parameters themselves (see _StepWeights).
 _COPY_MAX_BATCH = 2
 
+# On CPU, from this much work per step -- batch x hidden size x threads (more
+# than 2 threads count as 2, the most measured) -- oneDNN's fused LSTM/GRU cell
+# beats the step written out here, if oneDNN is on. Measured side by side,
+# median of 11 steps, fast / oneDNN module, ms: 2 threads, 2x256 batch 64 1.22
+# / 1.28, batch 128 2.33 / 2.21, batch 256 3.93 / 3.57; 3x512 batch 32 4.58 /
+# 5.26, batch 64 10.5 / 9.2, batch 256 27.5 / 20.5. 1 thread: 2x256 batch 128
+# 3.33 / 3.37, batch 256 6.83 / 6.22; 3x512 batch 128 19.4 / 20.9, batch 256
+# 37.0 / 34.6. Below it oneDNN's fixed cost per call loses (batch 1: 6x slower).
+_ONEDNN_MIN_WORK = 1 << 16
+
 
 @dataclass
 class _StepWeights:
@@ -229,11 +239,12 @@ class RNNLM(nn.Module):
         the cell update is computed here, with two matrix products and a few
         elementwise operations per layer, instead of calling the fused module:
         for one time step the module's fixed cost per call dominates. Measured
-        side by side on 2 CPU cores (``benchmarks/results/sampling.md``), with
-        the sampling changes in ``genrnn.sampling``, the 2x256 LSTM samples
-        FIXME chars/s at batch 1 against FIXME for the module stepped with oneDNN
-        off. The result equals the module's within float rounding
-        (``tests/test_fast_step.py``).
+        side by side on 2 CPU cores (``benchmarks/results/sampling.md``), in
+        the old sampling loop, replacing the module step (oneDNN off) with this
+        one took the 2x256 LSTM from 2,630 to 3,154 chars/s at batch 1 and the
+        3x512 from 392 to 901; with the new loop, 4,248 and 824 (noise: the
+        sampler costs the 3x512 almost nothing). The result equals the module's
+        within float rounding (``tests/test_fast_step.py``).
 
         What it multiplies with is derived from the parameters (:class:`_StepWeights`)
         and rebuilt whenever a parameter is replaced or changed in place (its
@@ -241,16 +252,23 @@ class RNNLM(nn.Module):
         ``torch.no_grad()`` edits, ``.to()``). Edits through ``param.data``
         bypass the version counter: call :meth:`clear_step_cache` after them.
 
-        With gradients enabled, in training mode with dropout, or with weights
-        made under ``torch.inference_mode`` (which have no version counter),
-        the fused module runs as before.
+        The fused module runs as before with gradients enabled, in training mode
+        with dropout, with weights made under ``torch.inference_mode`` (which
+        have no version counter), and for large batches on CPU with oneDNN on,
+        where oneDNN's fused cell is faster (:data:`_ONEDNN_MIN_WORK`).
         """
-        if torch.is_grad_enabled() or (self.training and self.config.dropout > 0):
+        if torch.is_grad_enabled() or (self.training and self.config.dropout > 0) or self._onednn_wins(idx):
             return self._module_step(idx, state)
         weights = self._current_step_weights()
         if weights is None:
             return self._module_step(idx, state)
         return self._fast_step(weights, idx, state)
+
+    def _onednn_wins(self, idx: torch.Tensor) -> bool:
+        """A large batch on CPU with oneDNN on: its fused cell is faster there
+        (:data:`_ONEDNN_MIN_WORK`). oneDNN's switch is read, never flipped."""
+        work = idx.shape[0] * self.config.hidden_size * min(torch.get_num_threads(), 2)
+        return work >= _ONEDNN_MIN_WORK and idx.device.type == "cpu" and torch.backends.mkldnn.enabled
 
     def clear_step_cache(self) -> None:
         """Forget the weight copies :meth:`step` keeps (rebuilt at the next step)."""
