@@ -3,7 +3,7 @@ machine's float32 matrix-multiply ceiling, measured in the same run.
 
     python benchmarks/gflops.py
     python benchmarks/gflops.py --repeats 7 --trainer ../shared/data/tinyshakespeare/input.txt --json out.json
-        # (benchmarks/results/gflops.md; --trainer also times genrnn.train's own loop)
+        # (docs/benchmarks.md, Training efficiency; --trainer also times genrnn.train's own loop)
 
 Ceiling: the median GFLOP/s of ``torch.mm`` on square float32 matrices of 1024,
 1536 and 2048 (2 n^3 FLOPs each), per thread count; the best size counts. One
@@ -37,6 +37,10 @@ set per forward/backward.
 Every configuration's model and optimizer are built first; then the rounds
 interleave one timed step of each, so the noise of a shared machine hits them
 alike. Tables give medians of ``--repeats`` rounds after 2 warm-up steps.
+
+genrnn tunes glibc's allocator on the CPU (``genrnn.runtime.tune_allocator``);
+so does this script, unless ``GENRNN_MALLOC_TUNING=0``: run it both ways to
+see what the tuning is worth (the machine line says which).
 """
 
 from __future__ import annotations
@@ -224,6 +228,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write every timing here")
     args = ap.parse_args()
     default_threads = torch.get_num_threads()
+    machine_line(torch.device("cpu"))  # tunes the allocator (unless GENRNN_MALLOC_TUNING=0) before any tensor
     threads = sorted(set(args.threads or [1, default_threads]))
     T = max(threads)
     print(machine_line(torch.device("cpu")), flush=True)

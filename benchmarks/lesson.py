@@ -15,6 +15,8 @@ here, the first 90% of rows for training and the last 10% for validation).
 * **plain loop**: the improvement the lesson suggests: the articles joined into
   one stream, cut into non-overlapping 101-character windows, shuffled,
   batches of 64, the same Adam at 0.01. The simplest correct loop.
+* **plain + allocator**: the same plain loop with genrnn's allocator tuning
+  (``genrnn.runtime.tune_allocator``), to show what that alone is worth.
 * **genrnn**: ``genrnn.train`` with its defaults at this model size (AdamW,
   lr 1e-2 with warmup and cosine decay over the budget, clipping, batches of
   64 x 128 independent windows), one run per budget since its schedule follows
@@ -25,6 +27,9 @@ validation text, the state carried through it, total nats / characters. The
 clock counts training only, not evaluation. "corpus chars/s" is how much new
 text a method reads per second: the lesson recomputes each character in up to
 100 windows, so it reads far less than it computes.
+
+Each method runs in its own Python process (the allocator setting is
+process-wide); only genrnn and "plain + allocator" get the tuned allocator.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import json
 import math
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +55,7 @@ from genrnn.config import DataConfig, ModelConfig
 from genrnn.data import make_eval_set
 from genrnn.evaluate import evaluate
 from genrnn.models import build_model
-from genrnn.runtime import make_runtime
+from genrnn.runtime import make_runtime, tune_allocator
 from genrnn.tokenizers import build_tokenizer
 
 WINDOW = 100  # the lesson's nchars
@@ -159,56 +165,74 @@ def run_genrnn(train_file: Path, val_file: Path, budgets: List[float], eval_set,
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--csv", type=Path, help="AG News CSV (default: $GENRNN_SHARED_DATA/ag_news/test.csv)")
-    ap.add_argument("--budgets", type=float, nargs="+", default=[60, 300], help="training seconds (default: 60 300)")
-    ap.add_argument("--methods", nargs="+", default=["lesson", "plain", "genrnn"])
-    ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args()
-    path = args.csv or shared_data() / "ag_news" / "test.csv"
-    if not path.exists():
-        print(f"{path} not found: give --csv or set GENRNN_SHARED_DATA", file=sys.stderr)
-        return 2
-    torch.set_num_threads(torch.get_num_threads())
+METHODS = ["lesson", "plain", "plain-tuned", "genrnn"]
+TUNED = {"plain-tuned", "genrnn"}  # methods that run with genrnn's allocator tuning
+
+
+def run_method(method: str, path: Path, budgets: List[float]) -> Dict:
+    """One method, in this process (the parent gives each method a fresh one)."""
+    if method not in METHODS:
+        raise SystemExit(f"unknown method {method}; choose from {', '.join(METHODS)}")
+    if method in TUNED:
+        tune_allocator()
     rt = make_runtime("cpu", "fp32")
     articles = read_articles(path)
     cut = int(len(articles) * 0.9)
     train_texts, val_texts = articles[:cut], articles[cut:]
     tok = build_tokenizer("char", train_texts)
     eval_set = make_eval_set(tok, val_texts, DataConfig())
-    train_ids = [tok.encode(t) for t in train_texts]
-    stream = torch.cat([torch.from_numpy(tok.encode_array(t)) for t in train_texts])
-    print(f"AG News {path.name}: {len(train_texts):,} training articles ({sum(map(len, train_texts)):,} chars), "
-          f"{len(val_texts):,} validation ({eval_set.num_chars:,} chars); vocab {tok.vocab_size}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    results: Dict[str, Dict] = {}
+    print(f"[{method}] AG News {path.name}: {len(train_texts):,} training articles "
+          f"({sum(map(len, train_texts)):,} chars), {len(val_texts):,} validation ({eval_set.num_chars:,} chars); "
+          f"vocab {tok.vocab_size}; torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    if method == "lesson":
+        return run_lesson([tok.encode(t) for t in train_texts], tok.vocab_size, budgets, eval_set, rt)
+    if method in ("plain", "plain-tuned"):
+        stream = torch.cat([torch.from_numpy(tok.encode_array(t)) for t in train_texts])
+        return run_plain(stream, tok.vocab_size, budgets, eval_set, rt)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for split, texts in (("train", train_texts), ("val", val_texts)):
             with open(work / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 for t in texts:
                     f.write(json.dumps({"text": t}) + "\n")
+        return run_genrnn(work / "train.jsonl", work / "val.jsonl", budgets, eval_set, rt, work)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--csv", type=Path, help="AG News CSV (default: $GENRNN_SHARED_DATA/ag_news/test.csv)")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[60, 300], help="training seconds (default: 60 300)")
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # run one method here
+    args = ap.parse_args()
+    path = args.csv or shared_data() / "ag_news" / "test.csv"
+    if not path.exists():
+        print(f"{path} not found: give --csv or set GENRNN_SHARED_DATA", file=sys.stderr)
+        return 2
+    if args.child:
+        Path(args.json).write_text(json.dumps(run_method(args.methods[0], path, args.budgets)))
+        return 0
+    results: Dict[str, Dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             t0 = time.perf_counter()
-            if method == "lesson":
-                results[method] = run_lesson(train_ids, tok.vocab_size, args.budgets, eval_set, rt)
-            elif method == "plain":
-                results[method] = run_plain(stream, tok.vocab_size, args.budgets, eval_set, rt)
-            elif method == "genrnn":
-                results[method] = run_genrnn(work / "train.jsonl", work / "val.jsonl", args.budgets, eval_set, rt, work)
-            else:
-                raise SystemExit(f"unknown method {method}")
+            out = Path(tmp) / f"{method}.json"
+            env = dict(os.environ, GENRNN_MALLOC_TUNING="1" if method in TUNED else "0")
+            cmd = [sys.executable, __file__, "--child", "--csv", str(path), "--methods", method,
+                   "--json", str(out), "--budgets", *map(str, args.budgets)]
+            subprocess.run(cmd, env=env, check=True)
+            results[method] = json.loads(out.read_text())
             print(f"  {method}: done in {time.perf_counter() - t0:.0f}s", flush=True)
     header = "| method | corpus chars/s | " + " | ".join(f"val nats/char at {b:g} s (bits/char)" for b in args.budgets) + " |"
     print("\n" + header + "\n|" + "---|" * (2 + len(args.budgets)))
     for method, r in results.items():
         cells = [f"{p['val_loss']:.3f} ({p['val_bpc']:.3f})" for p in r["points"]]
         print(f"| {method} | {r['corpus_chars_per_s']:,.0f} | " + " | ".join(cells) + " |")
-    if "plain" in results and "genrnn" in results:
-        print(f"\ngenrnn / plain loop, corpus chars/s: {results['genrnn']['corpus_chars_per_s'] / results['plain']['corpus_chars_per_s']:.2f}x")
-    if "lesson" in results and "genrnn" in results:
-        print(f"genrnn / lesson, corpus chars/s: {results['genrnn']['corpus_chars_per_s'] / results['lesson']['corpus_chars_per_s']:.0f}x")
+    speed = {m: r["corpus_chars_per_s"] for m, r in results.items()}
+    for a, b in (("genrnn", "plain"), ("genrnn", "plain-tuned"), ("plain-tuned", "plain"), ("genrnn", "lesson")):
+        if a in speed and b in speed:
+            print(f"{a} / {b}, corpus chars/s: {speed[a] / speed[b]:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -3,7 +3,7 @@ against the naive loop, side by side in one process.
 
     python benchmarks/sampling.py
     python benchmarks/sampling.py --repeats 7 --length 300 --ablation --json out.json
-        # (benchmarks/results/sampling.md; --ablation adds the half-way variants)
+        # (docs/benchmarks.md, Sampling speed; --ablation adds the half-way variants)
     python benchmarks/sampling.py --threads 1 --models "2x256 LSTM" --batches 1 64
 
 Models: the default 2x256 LSTM and a 3x512 LSTM (embedding 64, vocabulary 68,
@@ -51,7 +51,7 @@ import torch.nn as nn
 
 from genrnn.config import ModelConfig
 from genrnn.models import build_model
-from genrnn.runtime import make_runtime
+from genrnn.runtime import make_runtime, tune_allocator
 from genrnn.sampling import SampleConfig, _temperature_tensor, apply_temperature, generate_tokens, \
     top_k_filter, top_p_filter
 from genrnn.tokenizers import EOS_ID, PAD_ID
@@ -220,7 +220,8 @@ def machine_line(device: torch.device) -> str:
     except (OSError, StopIteration):
         pass
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    return f"CPU {cpu}; torch {torch.__version__}; {device.type} ({where}); float32"
+    malloc = "tuned" if tune_allocator() else "default"  # no-op where already decided or turned off
+    return f"CPU {cpu}; torch {torch.__version__}; {device.type} ({where}); float32; glibc allocator {malloc}"
 
 
 def main() -> None:
