@@ -121,7 +121,7 @@ def before_generate(model: nn.Module, prompts: List[List[int]], config: SampleCo
     for _ in range(config.max_new_tokens):
         nxt = before_sample_next(logits, temperature, config.top_k, config.top_p, generator)
         yield nxt.cpu()
-        with mkldnn(device.type != "cpu"):  # off on CPU, as _single_step_kernels did
+        with mkldnn(device.type != "cpu"):  # off on CPU, as genrnn's earlier loop had it
             logits, state = step(nxt, state)
 
 
@@ -224,6 +224,18 @@ def machine_line(device: torch.device) -> str:
     return f"CPU {cpu}; torch {torch.__version__}; {device.type} ({where}); float32; glibc allocator {malloc}"
 
 
+def print_table(table: Dict[str, Dict], names: List[str], fmt, ratio_a: str, ratio_b: str, ratios) -> None:
+    """One markdown row per "model, batch B" key: each variant's median, then two ratios."""
+    print()
+    print("| model | batch | " + " | ".join(names) + f" | {ratio_a} | {ratio_b} |")
+    print("|---|---:|" + "---:|" * len(names) + "---:|---:|")
+    for key, by_name in table.items():
+        model_name, b = key.split(", batch ")
+        medians = {n: by_name[n]["median"] for n in names}
+        x, y = ratios(medians)
+        print(f"| {model_name} | {b} | " + " | ".join(fmt(medians[n]) for n in names) + f" | {x:.2f}x | {y:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (medians are reported)")
@@ -267,31 +279,16 @@ def main() -> None:
             print(f"  {key}: " + ", ".join(f"{n} {statistics.median(rates[n]):,.0f} chars/s / "
                                            f"{1e3 * statistics.median(lat[n]):.1f} ms" for n in names), flush=True)
 
-    med = lambda table, key, n: table[key][n]["median"]  # noqa: E731
     print()
     print("Throughput, new characters per second (median of "
           f"{args.repeats}; {args.length} characters per sample):")
-    print()
-    print("| model | batch | " + " | ".join(names) + " | after / before | after / naive |")
-    print("|---|---:|" + "---:|" * len(names) + "---:|---:|")
-    for key in results["throughput"]:
-        model_name, b = key.split(", batch ")
-        cells = [f"{med(results['throughput'], key, n):,.0f}" for n in names]
-        ab = med(results["throughput"], key, "after") / med(results["throughput"], key, "before")
-        an = med(results["throughput"], key, "after") / med(results["throughput"], key, "naive")
-        print(f"| {model_name} | {b} | " + " | ".join(cells) + f" | {ab:.2f}x | {an:.2f}x |")
+    print_table(results["throughput"], names, lambda v: f"{v:,.0f}", "after / before", "after / naive",
+                lambda m: (m["after"] / m["before"], m["after"] / m["naive"]))
     print()
     print(f"First character after a {PROMPT_CHARS}-character prompt, milliseconds (median of "
           f"{args.latency_repeats or args.repeats}; B copies of the prompt):")
-    print()
-    print("| model | batch | " + " | ".join(names) + " | before / after | naive / after |")
-    print("|---|---:|" + "---:|" * len(names) + "---:|---:|")
-    for key in results["first_char"]:
-        model_name, b = key.split(", batch ")
-        cells = [f"{1e3 * med(results['first_char'], key, n):.2f}" for n in names]
-        ba = med(results["first_char"], key, "before") / med(results["first_char"], key, "after")
-        na = med(results["first_char"], key, "naive") / med(results["first_char"], key, "after")
-        print(f"| {model_name} | {b} | " + " | ".join(cells) + f" | {ba:.2f}x | {na:.2f}x |")
+    print_table(results["first_char"], names, lambda v: f"{1e3 * v:.2f}", "before / after", "naive / after",
+                lambda m: (m["before"] / m["after"], m["naive"] / m["after"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -398,7 +398,7 @@ def test_large_cpu_batches_use_onednn_when_it_is_on(monkeypatch):
             assert_same(model.step(nxt, state), model._module_step(nxt, state))
             assert model._step_weights is None  # the module ran
             assert not model._onednn_wins(nxt[:2])
-            with sampling._mkldnn_disabled():
+            with torch.backends.mkldnn.flags(enabled=False):
                 assert not model._onednn_wins(nxt)
                 assert_same(model.step(nxt, state), model._module_step(nxt, state))
             assert model._step_weights is not None  # the fast path ran

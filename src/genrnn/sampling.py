@@ -13,7 +13,7 @@ then steps the recurrent state one token at a time -- it never re-reads the
 text. It yields one (B,) tensor of new token ids per step; callers decode,
 stream and decide when to stop. Temperature 0 means greedy (argmax).
 
-Speed (``benchmarks/sampling.py``; figures in ``benchmarks/results/sampling.md``):
+Speed (``benchmarks/sampling.py``; figures in docs/benchmarks.md, "Sampling speed"):
 a token costs one ``model.step`` plus a handful of small tensor operations, so
 at small batch the fixed cost of each operation is what counts. The loop
 therefore settles once per generation what does not change between steps
@@ -186,33 +186,6 @@ def _temperature_tensor(temperature: Temperature, batch: int, device: torch.devi
     if t.numel() != batch:
         raise GenrnnError(f"got {t.numel()} temperatures for {batch} samples")
     return t
-
-
-def _single_step_kernels(device: torch.device):
-    """On CPU, oneDNN off, for one-token steps through PyTorch's fused
-    recurrent modules: its fixed cost per call dominates a single time step
-    (measured: a 2x256 LSTM samples 3,479 vs 1,094 chars/s at batch 1 and
-    26,889 vs 22,856 at batch 64 without it).
-
-    genrnn's own loop no longer needs it: ``RNNLM.step`` computes the cell
-    update without the fused module (plain matrix products, which oneDNN does
-    not handle for float32 on CPU). It is kept for callers that step a model
-    whose ``step`` still calls ``nn.LSTM``/``nn.GRU``/``nn.RNN``. It flips a
-    process-wide switch, so only use it where no other thread runs torch.
-    """
-    if device.type != "cpu":
-        return contextlib.nullcontext()
-    return _mkldnn_disabled()
-
-
-@contextlib.contextmanager
-def _mkldnn_disabled():
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
 
 
 # The most steps an accelerator runs ahead of the host: sampled ids stay on the

@@ -239,7 +239,7 @@ class RNNLM(nn.Module):
         the cell update is computed here, with two matrix products and a few
         elementwise operations per layer, instead of calling the fused module:
         for one time step the module's fixed cost per call dominates. Measured
-        side by side on 2 CPU cores (``benchmarks/results/sampling.md``), in
+        side by side on 2 CPU cores (docs/benchmarks.md, "Sampling speed"), in
         the old sampling loop, replacing the module step (oneDNN off) with this
         one took the 2x256 LSTM from 2,630 to 3,154 chars/s at batch 1 and the
         3x512 from 392 to 901; with the new loop, 4,248 and 824 (noise: the

@@ -45,7 +45,6 @@ import torch
 import torch.nn as nn
 
 from ..models import map_state
-from ..sampling import _single_step_kernels
 from ..tokenizers import EOS_ID, PAD_ID
 
 log = logging.getLogger("genrnn.serve")
@@ -418,7 +417,7 @@ class Engine:
             tokens = tokens[torch.tensor(keep, dtype=torch.long)] if keep else tokens[:0]
         if not slot.rows:
             return
-        with slot.autocast(), _single_step_kernels(slot.device):
+        with slot.autocast():  # RNNLM.step picks its own kernels per batch size
             slot.logits, slot.state = slot.model.step(tokens.to(slot.device), slot.state)
 
     def _join(self, slot: _Slot, rows: List[_Row]) -> None:
