@@ -19,13 +19,13 @@ import torch
 
 import genrnn
 from genrnn import checkpoint as ckpt
-from genrnn.cli import main
 from genrnn.config import ModelConfig, RunConfig
 from genrnn.data import encode_records
 from genrnn.errors import GenrnnError
 from genrnn.models import MODELS, MarkovLM, build_model, is_fitted, map_state
 from genrnn.models.markov import FALLBACK_DISCOUNTS
 from genrnn.tokenizers import EOS_ID, PAD_ID, UNK_ID, build_tokenizer
+from test_cli import cli, ok  # tests/ is on sys.path under pytest
 
 V = 12  # ids 3..10 occur in the training data; 1 (<unk>) and 11 never do
 SEEN = list(range(3, 11))
@@ -330,22 +330,6 @@ def test_weights_round_trip(tmp_path):
 
 
 # -- end to end through the CLI ----------------------------------------------------------------
-
-
-def cli(capsys, *argv) -> tuple:
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def ok(capsys, *argv) -> str:
-    rc, out, err = cli(capsys, *argv)
-    assert rc == 0, err
-    return out
 
 
 def make_text(path: Path, lines: int = 400, seed: int = 0) -> Path:
