@@ -37,9 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -48,7 +46,6 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
 import genrnn
 from genrnn.config import DataConfig, ModelConfig

@@ -12,8 +12,8 @@ On the CPU, ``make_runtime`` also tunes glibc's allocator (``tune_allocator``):
 by default glibc hands every large block (the one-hot inputs, the gate and
 logit activations of a training step) back to the kernel when it is freed and
 takes fresh zeroed pages for the next step. Keeping them in the heap trained
-the lesson's 1x64 model 1.4x faster and a 2x256 model 1.1--1.4x faster on the
-2-core benchmark machine (docs/benchmarks.md). ``GENRNN_MALLOC_TUNING=0``
+the default 2x256 model 1.27x faster on the 2-core benchmark machine, and the
+lesson's 1x64 model 1.03-1.4x faster depending on the run (docs/benchmarks.md). ``GENRNN_MALLOC_TUNING=0``
 leaves the allocator alone.
 """
 
