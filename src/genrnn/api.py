@@ -3,6 +3,10 @@
     run = genrnn.train("tinyshakespeare", time="2m", hidden_size=256)
     run.generate("ROMEO:", length=300, temperature=0.8)
     genrnn.load("runs/...").evaluate("tinyshakespeare")
+
+    titles = genrnn.train("news.csv", fields=["title"], condition_field="label", layout="lines")
+    titles.generate(condition=["Sports", "World"], temperature=0.8)
+    genrnn.load("runs/emoji").caption(["cat.png", "dog.png"])
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from . import checkpoint as ckpt
 from .config import RunConfig, override, parse_duration
-from .data import document_texts, make_eval_set, split_documents
+import torch
+import torch.nn.functional as F
+
+from .data import IGNORE, document_records, make_eval_set, pad_records, split_documents
 from .errors import GenrnnError
 from .evaluate import evaluate
 from .presets import load_preset
 from .runtime import make_runtime
 from .sampling import Completion, SampleConfig, complete
+from .state import start
+from .tokenizers import EOS_ID
 from .trainer import RESUMABLE, Callbacks, CorpusSpec, TrainResult, Trainer, default_run_dir, load_documents
 
 Sources = Union[str, Path, Sequence[Union[str, Path]], None]
@@ -44,6 +53,7 @@ class TrainedModel:
         self.tokenizer = loaded.tokenizer
         self.model = loaded.model
         self.metadata = loaded.metadata
+        self.condition = loaded.condition  # ConditionSpec of a conditioned run, else None
         self.corpus = CorpusSpec.from_dict(loaded.corpus)
         self.result: Optional[TrainResult] = None
 
@@ -53,39 +63,121 @@ class TrainedModel:
                 else f"{m.num_layers}x{m.hidden_size} {m.cell.upper()}")
         return f"TrainedModel({str(self.run_dir)!r}: {what}, {self.config.data.tokenizer} tokens, vocab {m.vocab_size})"
 
+    def encode_condition(self, condition: Any, rows: int) -> Optional[torch.Tensor]:
+        """The model's condition tensor for ``rows`` rows from a user's value:
+        one value for every row, or a list with one per row (labels by name or
+        value, vectors as lists or arrays, images as paths, bytes or arrays)."""
+        spec = self.condition
+        if spec is None:
+            if condition is not None:
+                raise GenrnnError(f"{self.run_dir} takes no condition (it was trained without one)")
+            return None
+        if condition is None:
+            what = {"label": f"a label ({', '.join(spec.label_names()[:8])}...)",
+                    "vector": f"a vector of {spec.size} numbers", "image": "an image"}[spec.kind]
+            raise GenrnnError(f"{self.run_dir} generates from {what}: give one with condition=")
+        if _is_one(condition, spec.kind):
+            values = [condition] * rows
+        else:
+            values = list(condition)
+        if len(values) != rows:
+            raise GenrnnError(f"got {len(values)} conditions for {rows} rows")
+        return spec.encode(values)
+
     def complete(self, prompts: Sequence[str], *, length: int = 200, temperature: Any = 1.0,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, greedy: bool = False,
-                 seed: Optional[int] = None, stop: Iterable[str] = (), on_text=None) -> List[Completion]:
-        """One :class:`Completion` per prompt, generated as one batch."""
+                 seed: Optional[int] = None, stop: Iterable[str] = (), on_text=None,
+                 condition: Any = None) -> List[Completion]:
+        """One :class:`Completion` per prompt, generated as one batch;
+        ``condition``: one for all prompts, or one per prompt."""
+        prompts = list(prompts)
         config = SampleConfig(max_new_tokens=length, temperature=0.0 if greedy else temperature,
                               top_k=top_k, top_p=top_p, seed=seed)
-        return complete(self.model, self.tokenizer, list(prompts), config, stop=list(stop),
-                        device=self.runtime.device, autocast=self.runtime.autocast(), on_text=on_text)
+        return complete(self.model, self.tokenizer, prompts, config, stop=list(stop),
+                        device=self.runtime.device, autocast=self.runtime.autocast(), on_text=on_text,
+                        condition=self.encode_condition(condition, len(prompts)))
 
-    def generate(self, prompt: Union[str, Sequence[str]] = "", *, num_samples: int = 1, **options) -> Union[str, List[str]]:
-        """Prompt + continuation. A single prompt with ``num_samples=1`` gives a
-        string; otherwise a list (prompts in order, each repeated
-        ``num_samples`` times). Options: length, temperature (0 = greedy),
-        top_k, top_p, greedy, seed, stop."""
+    def generate(self, prompt: Union[str, Sequence[str]] = "", *, num_samples: int = 1, condition: Any = None,
+                 **options) -> Union[str, List[str]]:
+        """Prompt + continuation. A single prompt, a single condition and
+        ``num_samples=1`` give a string; otherwise a list (prompts in order, then
+        conditions, each repeated ``num_samples`` times). Options: length,
+        temperature (0 = greedy), top_k, top_p, greedy, seed, stop."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if num_samples < 1:
             raise GenrnnError("num_samples must be >= 1")
-        rows = [p for p in prompts for _ in range(num_samples)]
-        texts = [c.prompt + c.text for c in self.complete(rows, **options)]
-        return texts[0] if isinstance(prompt, str) and num_samples == 1 else texts
+        single = self.condition is None or _is_one(condition, self.condition.kind)
+        conditions = [condition] if single else list(condition)
+        rows = [(p, c) for p in prompts for c in conditions for _ in range(num_samples)]
+        done = self.complete([p for p, _ in rows], condition=None if self.condition is None else [c for _, c in rows],
+                             **options)
+        texts = [c.prompt + c.text for c in done]
+        return texts[0] if isinstance(prompt, str) and single and num_samples == 1 else texts
+
+    def caption(self, images: Sequence[Any], *, length: int = 100, temperature: float = 0.0,
+                **options) -> List[str]:
+        """One caption per image (paths, bytes or uint8 arrays), greedy unless
+        a temperature is given; all images in one batch."""
+        if self.condition is None or self.condition.kind != "image":
+            hint = (": it reads precomputed features; give them with condition= (genrnn sample --condition-vector)"
+                    if self.condition is not None and self.condition.kind == "vector" else
+                    " (it was trained without --image-field)")
+            raise GenrnnError(f"{self.run_dir} is not an image captioner{hint}")
+        images = [images] if isinstance(images, (str, Path, bytes)) else list(images)
+        done = self.complete([""] * len(images), length=length, temperature=temperature, condition=images,
+                             **options)
+        return [c.text for c in done]
+
+    @torch.inference_mode()
+    def score(self, texts: Sequence[str], condition: Any = None, batch_size: int = 256) -> List[float]:
+        """log p(text | condition) in nats for each text, the closing ``<eos>``
+        included: what a generative classifier compares across conditions."""
+        texts = list(texts)
+        cond = self.encode_condition(condition, len(texts))
+        out: List[float] = []
+        self.model.eval()
+        for i in range(0, len(texts), batch_size):
+            records = [torch.tensor([EOS_ID] + self.tokenizer.encode(t) + [EOS_ID]).numpy() for t in texts[i : i + batch_size]]
+            x, y = pad_records(records)
+            x, y = x.to(self.runtime.device), y.to(self.runtime.device)
+            with self.runtime.autocast():
+                state = start(self.model, None if cond is None else cond[i : i + batch_size].to(self.runtime.device))
+                logits, _, _ = self.model(x, None, state)
+            nll = F.cross_entropy(logits.float().transpose(1, 2), y, ignore_index=IGNORE, reduction="none")
+            out.extend((-nll.sum(dim=1)).tolist())
+        return out
 
     def evaluate(self, corpus: Sources = None, **corpus_options) -> Dict[str, float]:
         """Loss (nats/token), perplexity and bits/char on ``corpus``, or on the
         run's own validation split when no corpus is given."""
         cfg = self.config.data
         if corpus is None:
-            _, texts = split_documents(*load_documents(self.corpus), cfg)
+            split = split_documents(*load_documents(self.corpus), cfg,
+                                    vectors=self.corpus.dataset_options()["vectors"])
+            texts, conditions = split.val, split.val_conditions
             if not texts:
                 raise GenrnnError(f"{self.run_dir} was trained without a validation split; give a corpus to evaluate on")
         else:
             spec = replace(self.corpus, **corpus_options) if corpus_options else self.corpus
-            texts = document_texts(spec.load(_sources(corpus)), cfg.layout)
-        return evaluate(self.model, make_eval_set(self.tokenizer, texts, cfg), self.runtime)
+            if spec.condition_vectors is not None and "condition_vectors" not in corpus_options:
+                raise GenrnnError("this run is conditioned on vectors: give the corpus's own with condition_vectors=")
+            texts, conditions = document_records(spec.load(_sources(corpus)), cfg.layout,
+                                                 spec.dataset_options()["vectors"])
+        eval_set = make_eval_set(self.tokenizer, texts, cfg, conditions, self.condition)
+        return evaluate(self.model, eval_set, self.runtime)
+
+
+def _is_one(condition: Any, kind: str) -> bool:
+    """A single condition (rather than one per row)."""
+    import numpy as np
+
+    if isinstance(condition, (str, bytes, Path, int, float)):
+        return True
+    if kind == "vector":
+        return np.asarray(condition).ndim == 1
+    if kind == "image":
+        return isinstance(condition, np.ndarray) and condition.ndim == 3
+    return False
 
 
 def load(run_dir: Union[str, Path], device: str = "auto") -> TrainedModel:
@@ -97,7 +189,10 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
           resume: Union[str, Path, None] = None, glob: str = "*.txt", fields: Sequence[str] = (),
           encoding: str = "utf-8", errors: str = "strict", format: str = "auto",
           config: Optional[RunConfig] = None, callbacks: Optional[Callbacks] = None,
-          progress_download: bool = False, preset: Optional[str] = None, **options: Any) -> TrainedModel:
+          progress_download: bool = False, preset: Optional[str] = None,
+          condition_field: Optional[str] = None, image_field: Optional[str] = None,
+          condition_vectors: Union[str, Path, None] = None, condition_names: Union[str, Path, None] = None,
+          **options: Any) -> TrainedModel:
     """Train a model and return it loaded (``.result`` holds the run summary).
 
     ``corpus``: a path, a folder, a named corpus (default ``python-docs``) or a
@@ -107,6 +202,12 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
     stopping, logging and device options may change. ``preset`` names a
     built-in preset (``"cpu-10m"``) or a JSON file of options; ``options``
     given here override it.
+
+    Conditioned runs (one-to-many): ``condition_field`` names a table column
+    of labels, ``image_field`` a column of image paths (relative to the
+    table's folder), ``condition_vectors`` a ``.npy`` file with one row per
+    record; ``condition_names`` a file naming the labels, one per line.
+    They need ``layout="lines"``, which they set when it is not given.
     """
     if preset is not None:
         if resume is not None:
@@ -126,9 +227,22 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
         trainer = Trainer(run_config, spec, run_dir, resume=True, callbacks=callbacks,
                           progress_download=progress_download)
     else:
+        given = [k for k, v in (("condition_field", condition_field), ("image_field", image_field),
+                                ("condition_vectors", condition_vectors)) if v is not None]
+        if len(given) > 1:
+            raise GenrnnError(f"give one condition, not {' and '.join(given)}")
+        kind = {"condition_field": "label", "image_field": "image", "condition_vectors": "vector"}.get(
+            given[0]) if given else None
+        if kind is not None and "layout" not in options and (config is None or config.data.layout == "stream"):
+            options["layout"] = "lines"  # a condition belongs to a record
+        if condition_names is not None and kind != "label":
+            raise GenrnnError("condition_names names the labels of condition_field")
         run_config = override(config or RunConfig(), **options)
         spec = CorpusSpec(sources=_sources(corpus), val=None if val is None else _sources(val), glob=glob,
-                          fields=tuple(str(f) for f in fields), encoding=encoding, errors=errors, fmt=format)
+                          fields=tuple(str(f) for f in fields), encoding=encoding, errors=errors, fmt=format,
+                          condition=kind, condition_field=condition_field if condition_field is not None else image_field,
+                          condition_vectors=None if condition_vectors is None else str(condition_vectors),
+                          condition_names=None if condition_names is None else str(condition_names))
         run_dir = Path(out) if out is not None else default_run_dir(spec)
         trainer = Trainer(run_config, spec, run_dir, callbacks=callbacks, progress_download=progress_download)
     result = trainer.run()

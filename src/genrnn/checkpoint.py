@@ -32,6 +32,7 @@ from safetensors.torch import save as st_save
 
 from . import __version__
 from ._io import atomic_path, atomic_write_bytes, atomic_write_text
+from .conditions import ConditionSpec
 from .config import FORMAT_VERSION, RunConfig
 from .errors import GenrnnError
 from .tokenizers import Tokenizer, tokenizer_from_dict
@@ -45,15 +46,29 @@ METRICS = "metrics.jsonl"
 # -- config.json ------------------------------------------------------------------
 
 
-def write_config(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, corpus: Dict[str, Any]) -> None:
+def write_config(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, corpus: Dict[str, Any],
+                 condition: Optional[ConditionSpec] = None) -> None:
     doc = {
         "format_version": FORMAT_VERSION,
         "genrnn_version": __version__,
         "run": config.to_dict(),
         "tokenizer": tokenizer.to_dict(),
         "corpus": corpus,
+        "condition": condition.to_dict() if condition is not None else None,
     }
     atomic_write_text(run_dir / CONFIG, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_condition(run_dir: Path) -> Optional[ConditionSpec]:
+    """What a conditioned run generates from (labels, vector width, image size); None if nothing."""
+    path = Path(run_dir) / CONFIG
+    try:
+        spec = ConditionSpec.from_dict(json.loads(path.read_text(encoding="utf-8")).get("condition"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+        raise GenrnnError(f"{path} is corrupt: {e}") from None
+    except GenrnnError as e:
+        raise GenrnnError(f"{path}: {e}") from None
+    return spec
 
 
 def read_config(run_dir: Path) -> Tuple[RunConfig, Tokenizer, Dict[str, Any]]:
@@ -219,6 +234,7 @@ class LoadedRun:
     corpus: Dict[str, Any]
     model: nn.Module
     metadata: Dict[str, str]
+    condition: Optional[ConditionSpec] = None
 
 
 def load_run(run_dir, device: torch.device = torch.device("cpu")) -> LoadedRun:
@@ -237,6 +253,10 @@ def load_run(run_dir, device: torch.device = torch.device("cpu")) -> LoadedRun:
     except (TypeError, ValueError, RuntimeError) as e:  # a hand-edited field: wrong type, absurd size
         raise GenrnnError(f"{run_dir / CONFIG} is corrupt: cannot build its model ({type(e).__name__}: "
                           f"{(str(e).splitlines() or [''])[0][:200]})") from None
+    condition = read_condition(run_dir)
+    if (condition.kind if condition else "none") != config.model.condition or \
+            (condition is not None and condition.size != config.model.condition_size):
+        raise GenrnnError(f"{run_dir / CONFIG} is inconsistent: its condition entry does not match the model's")
     metadata = load_weights(run_dir / WEIGHTS, model)
     model.to(device).eval()
-    return LoadedRun(run_dir, config, tokenizer, corpus, model, metadata)
+    return LoadedRun(run_dir, config, tokenizer, corpus, model, metadata, condition)

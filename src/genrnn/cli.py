@@ -1,7 +1,8 @@
 """The ``genrnn`` command: parse, call the library, print.
 
     genrnn train [CORPUS...] [options]     train (default corpus: python-docs)
-    genrnn sample RUN [--prompt TEXT]...   generate, streamed
+    genrnn sample RUN [--prompt TEXT]...   generate, streamed (--condition LABEL for a conditioned run)
+    genrnn caption RUN IMAGE...            caption images with a captioner
     genrnn eval RUN [CORPUS...]            loss, perplexity, bits per character
     genrnn corpora                         named corpora and whether cached
     genrnn presets                         built-in sets of training options
@@ -21,6 +22,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from . import __version__
+from .config import CELLS, DEVICES, LAYOUTS, PRECISIONS, TOKENIZER_KINDS
 from .errors import GenrnnError
 
 EXIT_USAGE = 2
@@ -55,14 +57,27 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--preset", metavar="NAME", help="start from a named set of options (see 'genrnn presets') or a "
                                                     "JSON file of them; options given here override it")
     _corpus_args(p)
+    k = p.add_argument_group("condition (one-to-many: generate from a label, a vector or an image)")
+    k.add_argument("--condition-field", metavar="NAME",
+                   help="CSV/TSV column (name or 0-based index) or JSONL key holding each record's label; the "
+                        "model learns p(text | label). Implies --layout lines")
+    k.add_argument("--condition-names", metavar="FILE",
+                   help="names for the labels, one per line, in the labels' sorted order (e.g. AG News' classes.txt)")
+    k.add_argument("--condition-vectors", metavar="FILE.npy",
+                   help="one float vector per record, in record order, to generate from")
+    k.add_argument("--image-field", metavar="NAME",
+                   help="column holding each record's image path (relative to the table's folder): trains an "
+                        "image captioner with a small CNN encoder. Needs pip install 'genrnn[images]'")
+    k.add_argument("--image-features", metavar="FILE.npy",
+                   help="precomputed image features, one row per record, instead of --image-field's CNN")
     S = argparse.SUPPRESS  # an option left out is not passed on, so defaults live in config.py
     d = p.add_argument_group("data")
-    d.add_argument("--tokenizer", choices=["char", "word", "whitespace"], default=S,
+    d.add_argument("--tokenizer", choices=TOKENIZER_KINDS, default=S,
                    help="token level: char, word (words and punctuation), or whitespace (already-tokenized "
                         "text such as PTB: split at spaces, line breaks kept) (default: char)")
     d.add_argument("--lower", action="store_true", default=S, help="lower-case the text")
     d.add_argument("--vocab-size", type=int, default=S, help="cap the vocabulary; rarer tokens become <unk>")
-    d.add_argument("--layout", choices=["stream", "lines"], default=S,
+    d.add_argument("--layout", choices=LAYOUTS, default=S,
                    help="stream: one long text (default); lines: one record per line/row, ending with <eos>")
     d.add_argument("--seq-len", type=int, default=S, help="tokens per training window (default: 128)")
     d.add_argument("--batch-size", type=int, default=S, help="windows per batch (default: 64)")
@@ -70,18 +85,24 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     d.add_argument("--state-span", type=int, default=S,
                    help="stream layout: windows a lane walks with its recurrent state carried (truncated BPTT) "
                         "before batches are reshuffled; 1 = independent windows (default: 1)")
+    from .models import MODELS
+
     m = p.add_argument_group("model")
-    m.add_argument("--model", dest="type", choices=["rnn", "markov"], default=S,
+    m.add_argument("--model", dest="type", choices=list(MODELS), default=S,
                    help="rnn: a recurrent network (default); markov: an n-gram baseline (interpolated modified "
                         "Kneser-Ney), fitted in one pass over the text")
     m.add_argument("--order", type=int, default=S,
                    help="markov: n-gram order; each token is predicted from the order-1 before it (default: 5)")
-    m.add_argument("--cell", choices=["lstm", "gru", "rnn"], default=S, help="recurrent cell (default: lstm)")
+    m.add_argument("--cell", choices=CELLS, default=S, help="recurrent cell (default: lstm)")
     m.add_argument("--layers", dest="num_layers", type=int, default=S, help="recurrent layers (default: 2)")
     m.add_argument("--hidden-size", type=int, default=S, help="recurrent width (default: 256)")
     m.add_argument("--embedding-size", type=int, default=S, help="input embedding width; 0 = one-hot input (default: 64)")
     m.add_argument("--dropout", type=float, default=S, help="dropout between layers and on outputs (default: 0)")
     m.add_argument("--tie-weights", action="store_true", default=S, help="share input embedding and output weights")
+    m.add_argument("--condition-dim", type=int, default=S, help="width of the learned condition embedding (default: 64)")
+    m.add_argument("--condition-every-step", action=argparse.BooleanOptionalAction, default=S,
+                   help="feed the condition embedding at every step as well as into the initial state "
+                        "(default: on; --no-condition-every-step: the initial state only)")
     t = p.add_argument_group("training")
     t.add_argument("--lr", type=float, default=S, help="peak learning rate (default: 1e-2, x (256/hidden)^0.8 above width 256)")
     t.add_argument("--weight-decay", type=float, default=S, help="AdamW weight decay (default: 0.01)")
@@ -97,8 +118,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--sample-prompt", default=S, help="prompt for those samples (default: empty)")
     t.add_argument("--sample-length", type=int, default=S, help="tokens per sample (default: 200)")
     t.add_argument("--seed", type=int, default=S, help="random seed (default: 1337)")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default=S, help="default: auto")
-    t.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=S,
+    t.add_argument("--device", choices=DEVICES, default=S, help="default: auto")
+    t.add_argument("--precision", choices=PRECISIONS, default=S,
                    help="auto = fp32 (TF32 on CUDA); bf16 or fp16 turn on autocast")
     t.add_argument("--threads", type=int, default=S, help="CPU threads (default: PyTorch's choice)")
     t.add_argument("--deterministic", action="store_true", default=S,
@@ -129,11 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-samples", "-n", type=int, default=1, help="samples per prompt and temperature (default: 1)")
     s.add_argument("--seed", type=int, help="random seed: the same seed gives the same text")
     s.add_argument("--stop", action="append", default=[], help="stop a sample at this text; repeatable")
+    s.add_argument("--condition", action="append", metavar="LABEL",
+                   help="a conditioned run's label (its name or value); repeat for several")
+    s.add_argument("--condition-vector", metavar="FILE.npy", help="a vector-conditioned run: one row per condition")
     s.add_argument("--json", action="store_true", help="one JSON object per sample instead of streamed text")
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--device", default="auto", choices=DEVICES)
     s.add_argument("--server", metavar="URL", help="generate on a genrnn server (genrnn serve) instead; RUN is then "
                                                    "the model's name there, or 'default'")
     s.add_argument("--api-key", help="with --server: the server's key (default: $GENRNN_API_KEY)")
+
+    k = sub.add_parser("caption", help="caption images with a captioner run")
+    k.add_argument("run", help="run folder of a captioner (trained with --image-field)")
+    k.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    k.add_argument("--length", type=int, default=100, help="tokens per caption at most (default: 100)")
+    k.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the most likely caption (default)")
+    k.add_argument("--seed", type=int, help="random seed, with a temperature")
+    k.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    k.add_argument("--json", action="store_true", help="one JSON object per image")
+    k.add_argument("--device", default="auto", choices=DEVICES)
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per character")
     e.add_argument("run", help="run folder")
@@ -141,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "a named split as NAME:SPLIT, e.g. ptb:test")
     _corpus_args(e)
     e.add_argument("--json", action="store_true", help="print a JSON object")
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    e.add_argument("--device", default="auto", choices=DEVICES)
 
     c = sub.add_parser("corpora", help="list the named corpora")
     c.add_argument("--json", action="store_true", help="print JSON")
@@ -166,7 +200,7 @@ def _serve_parser(sub) -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8000, help="default: 8000")
     v.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 (default: $GENRNN_API_KEY, "
                                      "else no key)")
-    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    v.add_argument("--device", default="auto", choices=DEVICES)
     v.add_argument("--threads", type=int, help="CPU threads for the model (default: PyTorch's choice)")
     g = v.add_argument_group("limits")
     g.add_argument("--max-tokens", type=int, default=L.max_tokens,
@@ -201,15 +235,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     reporter = _TrainReporter(progress=not args.no_progress and not args.quiet, quiet=args.quiet)
     kwargs: Dict[str, Any] = dict(callbacks=reporter, progress_download=not args.quiet)
     if args.resume:
+        given = [f for f in ("condition_field", "condition_names", "condition_vectors", "image_field",
+                             "image_features") if getattr(args, f)]
+        if given:
+            raise GenrnnError(f"--resume continues a run with its own condition; leave out --{given[0].replace('_', '-')}")
         if args.corpus:
             raise GenrnnError("--resume continues a run on its own corpus; leave out the corpus")
         if args.preset:
             raise GenrnnError("--resume continues a run with its own settings; leave out --preset")
         run = train(resume=args.resume, **kwargs, **options)
     else:
+        if args.image_features and (args.condition_vectors or args.image_field):
+            raise GenrnnError("--image-features are the condition vectors of a captioner: give one of them")
         run = train(args.corpus or None, out=args.out, val=args.val, glob=args.glob, fields=args.field,
                     encoding=args.encoding, errors=args.errors, format=args.fmt, preset=args.preset,
-                    **kwargs, **options)
+                    condition_field=args.condition_field, image_field=args.image_field,
+                    condition_vectors=args.condition_vectors or args.image_features,
+                    condition_names=args.condition_names, **kwargs, **options)
     return EXIT_INTERRUPTED if run.result.interrupted else 0
 
 
@@ -247,10 +289,14 @@ class _TrainReporter:
                         f"genrnn: {info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation tokens\n"
                         f"genrnn: device {info['device']}; run folder {info['run_dir']}")
             return
+        condition = ""
+        if info.get("condition"):
+            feed = "initial state and every step" if m["condition_every_step"] else "initial state"
+            condition = f"genrnn: conditioned on {info['condition']} ({feed})\n"
         self._print(
             f"genrnn: {m['num_layers']}x{m['hidden_size']} {m['cell'].upper()} "
             f"({'one-hot' if m['embedding_size'] == 0 else 'embedding ' + str(m['embedding_size'])}), "
-            f"{info['parameters']:,} parameters, {d['tokenizer']} vocab {info['vocab_size']}\n"
+            f"{info['parameters']:,} parameters, {d['tokenizer']} vocab {info['vocab_size']}\n" + condition +
             f"genrnn: {info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation tokens, "
             f"batch {info['batch_size']} x {d['seq_len']}, {info['steps_per_epoch']} steps/epoch, lr {info['lr']:.2g}\n"
             f"genrnn: device {info['device']}"
@@ -330,13 +376,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
     temps = [0.0] if args.greedy else (args.temperature or [1.0])
     if args.num_samples < 1:
         raise GenrnnError("--num-samples must be >= 1")
-    rows = [(p, t) for p in prompts for t in temps for _ in range(args.num_samples)]
+    if args.condition and args.condition_vector:
+        raise GenrnnError("give --condition or --condition-vector, not both")
+    conditions: list = [None]
+    if args.condition:
+        conditions = list(args.condition)
+    elif args.condition_vector:
+        from .conditions import read_vectors
+
+        conditions = list(read_vectors(args.condition_vector))
+    elif getattr(run, "condition", None) is not None and run.condition.kind == "label":
+        conditions = run.condition.label_names()  # no label given: one sample per label
+    rows = [(p, c, t) for p in prompts for c in conditions for t in temps for _ in range(args.num_samples)]
     streamed = not args.json
     label = len(rows) > 1
 
+    def shown(c) -> str:
+        return "" if c is None else f", condition {c!r}" if isinstance(c, str) else f", vector {list(c)[:4]}..."
+
     def header(i: int) -> str:
-        p, t = rows[i]
-        return f"--- sample {i + 1}/{len(rows)}: prompt {p!r}, temperature {t:g} ---"
+        p, c, t = rows[i]
+        return f"--- sample {i + 1}/{len(rows)}: prompt {p!r}{shown(c)}, temperature {t:g} ---"
 
     if streamed:
         if label:
@@ -349,18 +409,39 @@ def cmd_sample(args: argparse.Namespace) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-    completions = run.complete([p for p, _ in rows], length=args.length, temperature=[t for _, t in rows],
+    extra = {} if conditions == [None] else {"condition": [c for _, c, _ in rows]}
+    completions = run.complete([p for p, _, _ in rows], length=args.length, temperature=[t for _, _, t in rows],
                                top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
-                               on_text=on_text if streamed else None)
+                               on_text=on_text if streamed else None, **extra)
     if args.json:
-        for i, (c, (p, t)) in enumerate(zip(completions, rows)):
-            print(json.dumps({"index": i, "prompt": c.prompt, "text": c.text, "tokens": c.tokens,
-                              "finish_reason": c.finish_reason, "temperature": t}, ensure_ascii=False))
+        for i, (c, (p, cond, t)) in enumerate(zip(completions, rows)):
+            record = {"index": i, "prompt": c.prompt, "text": c.text, "tokens": c.tokens,
+                      "finish_reason": c.finish_reason, "temperature": t}
+            if cond is not None:
+                record["condition"] = cond if isinstance(cond, str) else [float(v) for v in cond]
+            print(json.dumps(record, ensure_ascii=False))
         return 0
     print(flush=True)
     for i in range(1, len(rows)):
         print(header(i))
         print(completions[i].prompt + completions[i].text, flush=True)
+    return 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from .api import load
+
+    if args.batch_size < 1:
+        raise GenrnnError("--batch-size must be >= 1")
+    run = load(args.run, device=args.device)
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start : start + args.batch_size]
+        captions = run.caption(paths, length=args.length, temperature=args.temperature, seed=args.seed)
+        for path, caption in zip(paths, captions):
+            if args.json:
+                print(json.dumps({"image": path, "caption": caption}, ensure_ascii=False), flush=True)
+            else:
+                print(f"{path}\t{caption}", flush=True)
     return 0
 
 
@@ -467,7 +548,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "corpora": cmd_corpora,
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "caption": cmd_caption, "eval": cmd_eval, "corpora": cmd_corpora,
             "presets": cmd_presets, "serve": cmd_serve}
 
 

@@ -25,6 +25,7 @@ from .errors import GenrnnError
 FORMAT_VERSION = 1
 
 CELLS = ("lstm", "gru", "rnn")
+CONDITIONS = ("none", "label", "vector", "image")
 LAYOUTS = ("stream", "lines")
 TOKENIZER_KINDS = ("char", "word", "whitespace")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -44,6 +45,12 @@ class ModelConfig:
     dropout: float = 0.0
     tie_weights: bool = False
     order: int = 5  # type "markov" only: n-gram order (the context is order-1 tokens)
+    # What the text is generated from (one-to-many): nothing, a label, a vector or an image.
+    # condition_size: the number of labels, the vector's width, or the image's side in pixels.
+    condition: str = "none"
+    condition_size: int = 0
+    condition_dim: int = 64  # width of the learned condition embedding
+    condition_every_step: bool = True  # also feed the embedding at every step, not only the initial state
 
     def validate(self) -> None:
         from .models import MODELS  # here, not at the top: models import this module
@@ -51,6 +58,12 @@ class ModelConfig:
         if self.type not in MODELS:
             raise GenrnnError(f"unknown model type {self.type!r}; known: {', '.join(MODELS)}")
         _positive("order", self.order)
+        _choice("condition", self.condition, CONDITIONS)
+        if self.condition != "none":
+            if self.type == "markov":
+                raise GenrnnError("the markov model cannot be conditioned; use --model rnn")
+            _positive("condition_size", self.condition_size)
+            _positive("condition_dim", self.condition_dim)
         _choice("cell", self.cell, CELLS)
         _positive("hidden_size", self.hidden_size)
         _positive("num_layers", self.num_layers)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Iterator, Mapping, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 from tqdm import tqdm
 
@@ -94,12 +94,15 @@ class Document:
     byte order mark is removed. ``source`` says where it came from, for
     messages: a file path, ``path:line N`` for a table row, or
     ``corpus-name/split``. ``record`` is True for one row of a table (a single
-    record, e.g. one headline) and False for a whole text file.
+    record, e.g. one headline) and False for a whole text file. ``condition``
+    is the row's ``--condition-field`` value (a label, or an image path made
+    absolute against the table's folder), None without one.
     """
 
     text: str
     source: str
     record: bool
+    condition: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,8 @@ def load_corpus(
     split: str = "train",
     cache_dir: PathLike | None = None,
     progress: bool = False,
+    condition_field: str | None = None,
+    condition_paths: bool = False,
 ) -> list[Document]:
     """Read every source, in order, into one list of documents.
 
@@ -286,6 +291,9 @@ def load_corpus(
     are known UTF-8 and use their own format and default fields. ``split``
     picks the file of a corpus that has several ("train", "valid", "test");
     single-file corpora ignore it. ``progress`` shows a download bar.
+    ``condition_field`` names the column (or key) each table row is
+    conditioned on; with ``condition_paths`` its values are file paths,
+    relative to the table's folder.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]  # one path given bare; iterating it would give characters
@@ -298,7 +306,8 @@ def load_corpus(
     except LookupError:
         raise GenrnnError(f"unknown encoding {encoding!r}: use a Python codec name such as utf-8 or latin-1") from None
     fields = tuple(fields)
-    reader = _Reader(fields=fields, encoding=encoding, errors=errors)
+    reader = _Reader(fields=fields, encoding=encoding, errors=errors, condition_field=condition_field,
+                     condition_paths=condition_paths)
 
     names = [os.fspath(s) for s in sources] or [DEFAULT_CORPUS]
     documents: list[Document] = []
@@ -323,7 +332,8 @@ def load_corpus(
             documents.append(Document(text=text, source=f"{corpus.name}/{corpus_split}", record=False))
             continue
         file = fetch(corpus.name, corpus_split, cache_dir=cache_dir, progress=progress)
-        corpus_reader = _Reader(fields=fields or corpus.default_fields, encoding="utf-8", errors="strict")
+        corpus_reader = _Reader(fields=fields or corpus.default_fields, encoding="utf-8", errors="strict",
+                                condition_field=condition_field, condition_paths=condition_paths)
         saw_table |= corpus.fmt != "text"
         documents.extend(corpus_reader.read(file, f"{corpus.name}/{corpus_split}", corpus.fmt))
 
@@ -421,25 +431,40 @@ class _Reader:
     fields: tuple[str, ...]
     encoding: str
     errors: str
+    condition_field: Optional[str] = None
+    condition_paths: bool = False
 
     def read(self, path: Path, label: str, fmt: str) -> list[Document]:
         """``label`` names the documents; errors name ``path``, the real file."""
         text = self._decode(path)
         if fmt == "text":
+            if self.condition_field is not None:
+                raise GenrnnError(f"--condition-field {self.condition_field} needs a CSV, TSV or JSONL table, but "
+                                  f"{path} is plain text (pass --format csv/tsv/jsonl if it is a table)")
             text = _normalize(text)
             if not text:
                 logger.debug("skipping empty file %s", path)
                 return []
             return [Document(text=text, source=label, record=False)]
+        names = self.fields + ((self.condition_field,) if self.condition_field is not None else ())
         if fmt == "jsonl":
-            rows = self._jsonl_rows(path, text)
+            rows = self._jsonl_rows(path, text, names)
         else:
-            rows = self._table_rows(path, text, delimiter="\t" if fmt == "tsv" else ",")
+            rows = self._table_rows(path, text, "\t" if fmt == "tsv" else ",", names)
         documents = []
         for line, values in rows:
+            condition = None
+            if self.condition_field is not None:
+                values, condition = values[:-1], values[-1].strip()
+                if not condition:
+                    raise GenrnnError(f"{path}: line {line} has an empty {self.condition_field!r} "
+                                      "(the condition); every row needs one")
+                if self.condition_paths:
+                    condition = str(path.parent / condition)
             joined = _normalize(" ".join(v for v in values if v.strip()))
             if joined.strip():
-                documents.append(Document(text=joined, source=f"{label}:line {line}", record=True))
+                documents.append(Document(text=joined, source=f"{label}:line {line}", record=True,
+                                          condition=condition))
         return documents
 
     def _decode(self, path: Path) -> str:
@@ -465,9 +490,10 @@ class _Reader:
                 "or --errors replace to replace undecodable bytes"
             ) from None
 
-    def _table_rows(self, path: Path, text: str, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-        """Yield (first line number, chosen field values) for each CSV/TSV row."""
-        by_index = bool(self.fields) and all(_COLUMN_INDEX.fullmatch(f) for f in self.fields)
+    def _table_rows(self, path: Path, text: str, delimiter: str,
+                    names: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
+        """Yield (first line number, values of the ``names`` columns) for each CSV/TSV row."""
+        by_index = bool(self.fields) and all(_COLUMN_INDEX.fullmatch(f) for f in names)
         with _csv_field_limit(len(text)):
             # newline="" keeps quoted line breaks inside fields intact, as the csv docs ask.
             reader = csv.reader(io.StringIO(_strip_bom(text), newline=""), delimiter=delimiter)
@@ -475,7 +501,7 @@ class _Reader:
         if not rows:
             return
         if by_index:
-            indices = [int(f) for f in self.fields]
+            indices = [int(f) for f in names]
         else:
             header_line, header = rows.pop(0)
             if not self.fields:
@@ -485,14 +511,14 @@ class _Reader:
                     "give 0-based column numbers instead, e.g. --field 1 --field 2"
                 )
             indices = []
-            for name in self.fields:
+            for name in names:
                 if name not in header:
                     raise GenrnnError(
                         f"{path} has no column {name!r}; its header (line {header_line}) has: {_show(header)}"
                     )
                 indices.append(header.index(name))
         for line, row in rows:
-            for name, index in zip(self.fields, indices):
+            for name, index in zip(names, indices):
                 if index < len(row):
                     continue
                 if by_index:
@@ -506,7 +532,7 @@ class _Reader:
                 )
             yield line, [row[i] for i in indices]
 
-    def _jsonl_rows(self, path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    def _jsonl_rows(self, path: Path, text: str, names: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
         """Yield (line number, chosen field values) for each JSON Lines object."""
         for line, raw in enumerate(_strip_bom(text).splitlines(), start=1):
             if not raw.strip():
@@ -523,7 +549,7 @@ class _Reader:
                     f"line {line} has keys: {_show(obj)}"
                 )
             values = []
-            for key in self.fields:
+            for key in names:
                 if key not in obj:
                     raise GenrnnError(
                         f"{path}: line {line} has no key {key!r}; its keys are: {_show(obj)}"

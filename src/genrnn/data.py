@@ -27,16 +27,23 @@ what makes resume exact.
 Records are padded into batches of similar length (shuffle, sort within
 mega-batches of 50 batches, shuffle the batches), the padding is masked out of
 the loss with target -100, and generation stops at ``<eos>``.
+
+Conditions (lines layout only): each record may carry a condition -- a label,
+a vector or an image (:mod:`genrnn.conditions`). They are encoded once into a
+table, row i for window i, and a batch carries its rows' conditions in
+``Batch.condition`` (batch in dimension 0), which the trainer and evaluation
+hand to ``state.start`` for the initial state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .conditions import ConditionSpec, for_records
 from .config import DataConfig
 from .corpora import Document
 from .errors import GenrnnError
@@ -49,7 +56,8 @@ IGNORE = -100  # target id that the loss skips
 class Batch:
     x: torch.Tensor  # (B, T) int64 inputs
     y: torch.Tensor  # (B, T) int64 targets, IGNORE where padded
-    reset: bool  # True: start this batch from a zero state
+    reset: bool  # True: start this batch afresh, from state.start(model, condition)
+    condition: Optional[torch.Tensor] = None  # (B, ...) the rows' conditions, or None
 
 
 # -- splitting text -----------------------------------------------------------
@@ -57,27 +65,50 @@ class Batch:
 
 def document_texts(docs: Sequence[Document], layout: str) -> List[str]:
     """Texts of the units a layout works on: documents (stream) or records (lines)."""
+    return document_records(docs, layout)[0]
+
+
+def document_records(docs: Sequence[Document], layout: str,
+                     vectors: Optional[np.ndarray] = None) -> Tuple[List[str], Optional[List[Any]]]:
+    """Texts of the units a layout works on, and each one's raw condition (the
+    documents' own, or row i of ``vectors`` for record i), or None when
+    there are none."""
+    has_condition = vectors is not None or any(d.condition is not None for d in docs)
     if layout == "stream":
-        return [d.text for d in docs if d.text.strip()]
+        if has_condition:
+            raise GenrnnError("a condition needs one record per row: add --layout lines")
+        return [d.text for d in docs if d.text.strip()], None
     records: List[str] = []
+    conditions: List[Any] = []
     for d in docs:
         if d.record:  # a table row is one record even if a field holds a newline
             text = " ".join(d.text.split("\n")).strip()
             if text:
                 records.append(text)
+                conditions.append(d.condition)
         else:
-            records.extend(line for line in d.text.split("\n") if line.strip())
-    return records
+            lines = [line for line in d.text.split("\n") if line.strip()]
+            records.extend(lines)
+            conditions.extend([d.condition] * len(lines))
+    if vectors is not None:
+        if len(vectors) != len(records):
+            raise GenrnnError(f"the condition vectors have {len(vectors):,} rows but the corpus has "
+                              f"{len(records):,} records; give one row per record, in order (empty rows and "
+                              "lines are skipped)")
+        return records, list(vectors)
+    return records, conditions if has_condition else None
 
 
-def split_texts(texts: List[str], val_fraction: float, layout: str, snap_to_space: bool) -> Tuple[List[str], List[str]]:
+def split_texts(texts: List[str], val_fraction: float, layout: str, snap_to_space: bool,
+                conditions: Optional[List[Any]] = None) -> Tuple[List[str], List[str]]:
     """Hold out the last ``val_fraction`` for validation.
 
     stream: by characters (nanoGPT's split: the first 90% trains, the last 10%
     validates); the document holding the cut is cut in two. With a word
     tokenizer the cut moves to the next whitespace so no word is split.
     lines: the last records after a fixed shuffle (seed 0, so the split does not
-    move with --seed).
+    move with --seed); ``conditions``, one per record, are shuffled alike in
+    place (the list is reordered, its first part going with the training split).
     """
     if val_fraction <= 0:
         return texts, []
@@ -87,6 +118,8 @@ def split_texts(texts: List[str], val_fraction: float, layout: str, snap_to_spac
         if n_val >= len(texts):
             raise GenrnnError(f"only {len(texts)} records: too few to hold out a validation split; use --val-fraction 0 or --val")
         shuffled = [texts[i] for i in order]
+        if conditions is not None:
+            conditions[:] = [conditions[i] for i in order]
         return shuffled[:-n_val], shuffled[-n_val:]
     total = sum(len(t) for t in texts)
     cut = int(total * (1 - val_fraction))
@@ -135,14 +168,18 @@ def encode_stream(tokenizer: Tokenizer, texts: Sequence[str]) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(parts)) if parts else torch.zeros(0, dtype=torch.long)
 
 
-def encode_records(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int) -> List[np.ndarray]:
+def encode_records(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int,
+                   owners: Optional[List[int]] = None) -> List[np.ndarray]:
     """``<eos> record <eos>`` per record; records longer than a window are cut
-    into windows that overlap by one token so every target is kept once."""
+    into windows that overlap by one token so every target is kept once.
+    ``owners``, if given, receives each window's record number."""
     out: List[np.ndarray] = []
-    for t in texts:
+    for i, t in enumerate(texts):
         ids = np.concatenate([[EOS_ID], np.asarray(tokenizer.encode_array(t), dtype=np.int64), [EOS_ID]])
         for start in range(0, len(ids) - 1, seq_len):
             out.append(ids[start : start + seq_len + 1])
+            if owners is not None:
+                owners.append(i)
     return out
 
 
@@ -202,10 +239,12 @@ class LineBatches:
 
     carries_state = False
 
-    def __init__(self, records: List[np.ndarray], batch_size: int, seed: int, pool: int = 50):
+    def __init__(self, records: List[np.ndarray], batch_size: int, seed: int, pool: int = 50,
+                 conditions: Optional[torch.Tensor] = None):
         if not records:
             raise GenrnnError("no training records")
         self.records = records
+        self.conditions = conditions  # (len(records), ...): window i's condition
         self.lengths = np.array([len(r) for r in records])
         self.batch_size = batch_size
         self.seed = seed
@@ -227,8 +266,15 @@ class LineBatches:
         return self._cache[1]
 
     def get(self, epoch: int, index: int) -> Batch:
-        x, y = pad_records([self.records[i] for i in self._plan(epoch)[index]])
-        return Batch(x, y, reset=True)
+        rows = self._plan(epoch)[index]
+        x, y = pad_records([self.records[i] for i in rows])
+        return Batch(x, y, reset=True, condition=_take(self.conditions, rows))
+
+
+def _take(conditions: Optional[torch.Tensor], rows) -> Optional[torch.Tensor]:
+    if conditions is None:
+        return None
+    return conditions.index_select(0, torch.as_tensor(np.asarray(rows, dtype=np.int64)))
 
 
 def pad_records(records: Sequence[np.ndarray]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -249,8 +295,9 @@ class EvalSet:
     """A held-out split, walked in a fixed order; every target counted once."""
 
     def __init__(self, layout: str, tokens: Optional[torch.Tensor], records: Optional[List[np.ndarray]],
-                 num_chars: int, batch_size: int, seq_len: int):
+                 num_chars: int, batch_size: int, seq_len: int, conditions: Optional[torch.Tensor] = None):
         self.layout = layout
+        self.conditions = conditions  # lines: window i's condition
         self.tokens = tokens
         self.records = records
         self.num_chars = num_chars
@@ -290,9 +337,9 @@ class EvalSet:
         order = np.argsort([len(r) for r in self.records], kind="stable")
         seen = 0
         for i in range(0, len(order), self.batch_size):
-            recs = [self.records[j] for j in order[i : i + self.batch_size]]
-            x, y = pad_records(recs)
-            yield Batch(x, y, reset=True)
+            rows = order[i : i + self.batch_size]
+            x, y = pad_records([self.records[j] for j in rows])
+            yield Batch(x, y, reset=True, condition=_take(self.conditions, rows))
             seen += int((y != IGNORE).sum())
             if max_tokens is not None and seen >= max_tokens:
                 return
@@ -304,24 +351,59 @@ class Dataset:
     train: object  # StreamBatches | LineBatches
     val: Optional[EvalSet]
     train_targets: int
+    condition: Optional[ConditionSpec] = None
 
 
-def make_eval_set(tokenizer: Tokenizer, texts: List[str], config: DataConfig) -> EvalSet:
+def make_eval_set(tokenizer: Tokenizer, texts: List[str], config: DataConfig,
+                  conditions: Optional[List[Any]] = None, spec: Optional[ConditionSpec] = None) -> EvalSet:
+    """``conditions`` (raw, one per text) are encoded with ``spec``."""
     chars = count_chars(texts, config.layout)
     if config.layout == "lines":
-        return EvalSet("lines", None, encode_records(tokenizer, texts, config.seq_len), chars, config.batch_size, config.seq_len)
+        owners: List[int] = []
+        records = encode_records(tokenizer, texts, config.seq_len, owners)
+        table = _condition_table(spec, conditions, owners)
+        return EvalSet("lines", None, records, chars, config.batch_size, config.seq_len, table)
     return EvalSet("stream", encode_stream(tokenizer, texts), None, chars, config.batch_size, config.seq_len)
 
 
+def _condition_table(spec: Optional[ConditionSpec], conditions: Optional[List[Any]],
+                     owners: List[int]) -> Optional[torch.Tensor]:
+    """The encoded condition of every window (row i: window i's record's)."""
+    if spec is None:
+        if conditions is not None:
+            raise GenrnnError("the corpus has conditions but the model takes none")
+        return None
+    if conditions is None:
+        raise GenrnnError(f"this model generates from a {spec.kind}: the corpus must give one per record")
+    encoded = spec.encode(conditions)  # one row per record
+    return encoded.index_select(0, torch.as_tensor(owners, dtype=torch.long))
+
+
+@dataclass
+class Split:
+    """Training and validation texts, and their raw conditions (None without)."""
+
+    train: List[str]
+    val: List[str]
+    train_conditions: Optional[List[Any]] = None
+    val_conditions: Optional[List[Any]] = None
+
+
 def split_documents(train_docs: Sequence[Document], val_docs: Optional[Sequence[Document]],
-                    config: DataConfig) -> Tuple[List[str], List[str]]:
-    """Training and validation texts: ``val_docs`` if given, else a held-out part."""
-    texts = document_texts(train_docs, config.layout)
+                    config: DataConfig, vectors: Optional[np.ndarray] = None,
+                    val_vectors: Optional[np.ndarray] = None) -> Split:
+    """Training and validation texts: ``val_docs`` if given, else a held-out
+    part. ``vectors`` condition the training corpus's records, row by row."""
+    texts, conditions = document_records(train_docs, config.layout, vectors)
     if not texts:
         raise GenrnnError("the training corpus has no text")
     if val_docs is not None:
-        return texts, document_texts(val_docs, config.layout)
-    return split_texts(texts, config.val_fraction, config.layout, snap_to_space=config.tokenizer != "char")
+        val, val_conditions = document_records(val_docs, config.layout, val_vectors)
+        return Split(texts, val, conditions, val_conditions)
+    train, val = split_texts(texts, config.val_fraction, config.layout, config.tokenizer != "char", conditions)
+    if conditions is None:
+        return Split(train, val)
+    return Split(train, val, conditions[: len(train)], conditions[len(train) :])
 
 
 def build_dataset(
@@ -331,19 +413,36 @@ def build_dataset(
     *,
     seed: int,
     tokenizer: Optional[Tokenizer] = None,
+    condition: Optional[str] = None,
+    condition_spec: Optional[ConditionSpec] = None,
+    label_names: Optional[List[str]] = None,
+    vectors: Optional[np.ndarray] = None,
+    val_vectors: Optional[np.ndarray] = None,
 ) -> Dataset:
     """Split (unless ``val_docs`` is given), build the tokenizer from the
-    training text (unless given, e.g. on resume) and lay out the batches."""
-    train_texts, val_texts = split_documents(train_docs, val_docs, config)
+    training text (unless given, e.g. on resume) and lay out the batches.
+
+    ``condition`` is the kind the records are conditioned on (label, vector,
+    image) or None; its spec (label vocabulary, sizes) is built from the
+    training split unless given (resume)."""
+    split = split_documents(train_docs, val_docs, config, vectors, val_vectors)
+    train_texts, val_texts = split.train, split.val
     if tokenizer is None:
         tokenizer = build_tokenizer(config.tokenizer, train_texts, lower=config.lower, vocab_size=config.vocab_size)
+    spec = condition_spec
+    if condition is not None and spec is None:
+        spec = for_records(condition, split.train_conditions, label_names)
     if config.layout == "lines":
-        records = encode_records(tokenizer, train_texts, config.seq_len)
-        train = LineBatches(records, config.batch_size, seed)
+        owners: List[int] = []
+        records = encode_records(tokenizer, train_texts, config.seq_len, owners)
+        train = LineBatches(records, config.batch_size, seed,
+                            conditions=_condition_table(spec, split.train_conditions, owners))
         n_targets = sum(len(r) - 1 for r in records)
     else:
+        if spec is not None:
+            raise GenrnnError("a condition needs one record per row: add --layout lines")
         tokens = encode_stream(tokenizer, train_texts)
         train = StreamBatches(tokens, config.batch_size, config.seq_len, config.state_span, seed)
         n_targets = len(tokens) - 1
-    val = make_eval_set(tokenizer, val_texts, config) if val_texts else None
-    return Dataset(tokenizer, train, val, n_targets)
+    val = make_eval_set(tokenizer, val_texts, config, split.val_conditions, spec) if val_texts else None
+    return Dataset(tokenizer, train, val, n_targets, spec)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .data import IGNORE, EvalSet
 from .distributed import Dist
-from .models import detach_state
+from .state import detach_state, start
 from .runtime import Runtime
 
 
@@ -38,13 +38,14 @@ def evaluate(model: nn.Module, eval_set: EvalSet, runtime: Runtime, max_tokens: 
     state = None
     try:
         for batch in eval_set.batches(max_tokens):
-            x, y = batch.x[dist.rank :: dist.world_size], batch.y[dist.rank :: dist.world_size]
-            if batch.reset:
-                state = None
+            rows = slice(dist.rank, None, dist.world_size)
+            x, y, condition = batch.x[rows], batch.y[rows], batch.condition
             if x.shape[0] == 0:  # fewer rows than ranks
                 continue
             x, y = x.to(runtime.device), y.to(runtime.device)
             with runtime.autocast():
+                if batch.reset:  # the initial state, from the rows' conditions (None: zeros)
+                    state = start(model, None if condition is None else condition[rows].to(runtime.device))
                 logits, _, state = model(x, None, state)
             state = detach_state(state)
             nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")

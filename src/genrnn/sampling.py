@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .errors import GenrnnError
+from .state import start
 from .tokenizers import EOS_ID, PAD_ID
 
 Temperature = Union[float, Sequence[float], torch.Tensor]
@@ -204,18 +205,19 @@ def _model_device(model: nn.Module) -> torch.device:
 
 @torch.inference_mode()
 def generate_tokens(model: nn.Module, prompts: List[List[int]], config: SampleConfig,
-                    device: Optional[torch.device] = None) -> Iterator[torch.Tensor]:
+                    device: Optional[torch.device] = None,
+                    condition: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
     """Yield ``config.max_new_tokens`` steps of new ids, shape (B,), on the CPU.
 
     ``prompts`` are token-id lists (B of them, each non-empty); they run as one
     padded batch through ``model.prefill``.
     """
     device = device or _model_device(model)
-    yield from _generate(model, prompts, config, device, 1 if device.type == "cpu" else _MAX_CHUNK)
+    yield from _generate(model, prompts, config, device, 1 if device.type == "cpu" else _MAX_CHUNK, condition)
 
 
 def _generate(model: nn.Module, prompts: List[List[int]], config: SampleConfig, device: torch.device,
-              max_chunk: int) -> Iterator[torch.Tensor]:
+              max_chunk: int, condition: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
     """:func:`generate_tokens` with the chunk size as a parameter, so that the
     CPU tests run the accelerator's chunked path too (it must give the same
     tokens)."""
@@ -236,7 +238,8 @@ def _generate(model: nn.Module, prompts: List[List[int]], config: SampleConfig, 
             generator.manual_seed(config.seed)
         sample = _Sampler(_temperature_tensor(config.temperature, B, device), config.top_k, config.top_p,
                           generator)
-        logits, state = model.prefill(idx.to(device), lengths, None)
+        state = start(model, None if condition is None else condition.to(device))
+        logits, state = model.prefill(idx.to(device), lengths, state)
         n, done, chunk = config.max_new_tokens, 0, 1
         while done < n:
             k = min(chunk, n - done)
@@ -303,7 +306,8 @@ def _collect(steps: Iterator[torch.Tensor], decoders: list, texts: List[str], co
 
 def complete(model: nn.Module, tokenizer, prompts: Sequence[str], config: SampleConfig, *,
              stop: Sequence[str] = (), device: Optional[torch.device] = None, autocast=None,
-             on_text: Optional[Callable[[int, str], None]] = None) -> List[Completion]:
+             on_text: Optional[Callable[[int, str], None]] = None,
+             condition: Optional[torch.Tensor] = None) -> List[Completion]:
     """Generate a continuation of every prompt, all rows in one batch.
 
     Each prompt is preceded by ``<eos>`` (the beginning-of-document marker the
@@ -332,7 +336,7 @@ def complete(model: nn.Module, tokenizer, prompts: Sequence[str], config: Sample
         emitted[i] = end
 
     with autocast if autocast is not None else contextlib.nullcontext():
-        steps = generate_tokens(model, ids, config, device)
+        steps = generate_tokens(model, ids, config, device, condition)
         try:
             if not stop and on_text is None:  # nothing to do per token: decode at the end
                 _collect(steps, decoders, texts, counts, reasons)

@@ -33,14 +33,17 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from . import distributed
+from .conditions import read_names, read_vectors
 from .config import RunConfig, auto_lr
 from .corpora import CORPORA, corpus_splits, load_corpus
 from .data import IGNORE, Dataset, build_dataset
 from .errors import GenrnnError
 from .evaluate import evaluate
-from .models import build_model, detach_state, is_fitted, map_state
+from .models import build_model, is_fitted
 from .runtime import Runtime, make_runtime
 from .sampling import SampleConfig, complete
+from .state import batch_size as state_rows
+from .state import cat_rows, detach_state, from_saved, map_state, select_condition, select_rows, start
 
 # options that may change when a run is resumed (they do not change what was learnt)
 RESUMABLE = {"max_steps", "epochs", "time", "eval_every", "eval_tokens", "log_every", "save_every",
@@ -58,21 +61,49 @@ class CorpusSpec:
     encoding: str = "utf-8"
     errors: str = "strict"
     fmt: str = "auto"
+    # what each record is conditioned on: None, "label" or "image" (from condition_field), or
+    # "vector" (row i of condition_vectors for record i); condition_names names the labels
+    condition: Optional[str] = None
+    condition_field: Optional[str] = None
+    condition_vectors: Optional[str] = None
+    condition_names: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return {"sources": list(self.sources), "val": None if self.val is None else list(self.val),
                 "glob": self.glob, "fields": list(self.fields), "encoding": self.encoding,
-                "errors": self.errors, "fmt": self.fmt}
+                "errors": self.errors, "fmt": self.fmt, "condition": self.condition,
+                "condition_field": self.condition_field, "condition_vectors": self.condition_vectors,
+                "condition_names": self.condition_names}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "CorpusSpec":
         return cls(sources=tuple(d.get("sources", ())), val=None if d.get("val") is None else tuple(d["val"]),
                    glob=d.get("glob", "*.txt"), fields=tuple(d.get("fields", ())),
-                   encoding=d.get("encoding", "utf-8"), errors=d.get("errors", "strict"), fmt=d.get("fmt", "auto"))
+                   encoding=d.get("encoding", "utf-8"), errors=d.get("errors", "strict"), fmt=d.get("fmt", "auto"),
+                   condition=d.get("condition"), condition_field=d.get("condition_field"),
+                   condition_vectors=d.get("condition_vectors"), condition_names=d.get("condition_names"))
+
+    def validate(self) -> None:
+        if self.condition not in (None, "label", "vector", "image"):
+            raise GenrnnError(f"unknown condition kind {self.condition!r}")
+        if (self.condition in ("label", "image")) != (self.condition_field is not None):
+            raise GenrnnError("a label or image condition needs its column (--condition-field / --image-field)")
+        if (self.condition == "vector") != (self.condition_vectors is not None):
+            raise GenrnnError("a vector condition needs its file (--condition-vectors / --image-features)")
+        if self.condition_vectors is not None and self.val is not None:
+            raise GenrnnError("--condition-vectors give one row per record of the training corpus; hold out its "
+                              "validation split with --val-fraction instead of --val")
 
     def load(self, sources: Sequence[str], split: str = "train", progress: bool = False):
         return load_corpus(list(sources), glob=self.glob, fields=tuple(self.fields), encoding=self.encoding,
-                           errors=self.errors, fmt=self.fmt, split=split, progress=progress)
+                           errors=self.errors, fmt=self.fmt, split=split, progress=progress,
+                           condition_field=self.condition_field, condition_paths=self.condition == "image")
+
+    def dataset_options(self) -> Dict[str, Any]:
+        """What ``build_dataset`` needs to condition the records."""
+        return {"condition": self.condition,
+                "vectors": read_vectors(self.condition_vectors) if self.condition_vectors else None,
+                "label_names": read_names(self.condition_names) if self.condition_names else None}
 
 
 DEFAULT_CORPUS = "python-docs"
@@ -158,6 +189,8 @@ def corpus_fingerprint(data: Dataset) -> str:
     else:
         for r in train.records:
             h.update(r.tobytes())
+        if train.conditions is not None:
+            h.update(train.conditions.contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -204,12 +237,17 @@ class Trainer:
         self.runtime = make_runtime(config.train.device, config.train.precision, threads,
                                     config.train.deterministic)
         self.runtime = replace(self.runtime, device=distributed.init(self.dist, self.runtime.device))
+        spec.validate()
         train_docs, val_docs = load_documents(spec, progress_download and self.dist.is_main)
-        tokenizer = None
+        tokenizer = condition = None
         if resume:
             _, tokenizer, _ = ckpt.read_config(self.run_dir)
-        self.data = build_dataset(train_docs, val_docs, config.data, seed=config.train.seed, tokenizer=tokenizer)
-        config = replace(config, model=replace(config.model, vocab_size=self.data.tokenizer.vocab_size))
+            condition = ckpt.read_condition(self.run_dir)
+        self.data = build_dataset(train_docs, val_docs, config.data, seed=config.train.seed, tokenizer=tokenizer,
+                                  condition_spec=condition, **spec.dataset_options())
+        c = self.data.condition
+        config = replace(config, model=replace(config.model, vocab_size=self.data.tokenizer.vocab_size,
+                                               condition=c.kind if c else "none", condition_size=c.size if c else 0))
         self.config = config
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model).to(self.runtime.device)
@@ -264,7 +302,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         corpus = self.spec.to_dict()
         corpus["fingerprint"] = self.fingerprint
-        ckpt.write_config(self.run_dir, self.config, self.data.tokenizer, corpus)
+        ckpt.write_config(self.run_dir, self.config, self.data.tokenizer, corpus, self.data.condition)
         (self.run_dir / ckpt.METRICS).write_text("")
 
     def _restore(self) -> None:
@@ -286,12 +324,9 @@ class Trainer:
             ranks = payload.get("rng_ranks")  # a distributed run saves every rank's generator
             if self.dist.enabled and ranks is not None and len(ranks) == self.dist.world_size:
                 torch.set_rng_state(ranks[self.dist.rank])
-            state = payload.get("state")
-            if isinstance(state, list):
-                state = tuple(state)
+            state = from_saved(payload.get("state"))
             if self.dist.enabled and state is not None:  # the saved state is the global batch's: take our rows
-                rows = self.dist.shard((state[0] if isinstance(state, tuple) else state).shape[1])
-                state = map_state(lambda s: s[:, rows], state)
+                state = select_rows(state, self.dist.shard(state_rows(state)))
             self.state = map_state(lambda s: s.to(self.runtime.device), state)
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise GenrnnError(f"{self.run_dir / ckpt.RESUME} is incompatible with this run: {e}") from None
@@ -326,8 +361,10 @@ class Trainer:
             payload["rng_ranks"] = self.dist.gather(torch.get_rng_state())
             states = self.dist.gather(payload["state"])
             if payload["state"] is not None:
-                payload["state"] = (tuple(torch.cat(parts, dim=1) for parts in zip(*states))
-                                    if isinstance(payload["state"], tuple) else torch.cat(states, dim=1))
+                joined = states[0]
+                for more in states[1:]:
+                    joined = cat_rows(joined, more)
+                payload["state"] = joined
         if not self.dist.is_main:
             return
         ckpt.save_resume(self.run_dir / ckpt.RESUME, payload)
@@ -380,10 +417,29 @@ class Trainer:
         self.callbacks.on_eval(record)
 
     def sample(self, prompt: str, length: int, temperature: float, seed: int) -> str:
+        """A sample from the prompt; for a conditioned model one per label (the
+        first four) or per validation record (the first three), each shown
+        after its condition."""
+        shown, condition = self._sample_conditions()
         cfg = SampleConfig(max_new_tokens=length, temperature=temperature, seed=seed)
-        done = complete(self.model, self.data.tokenizer, [prompt], cfg, device=self.runtime.device,
-                        autocast=self.runtime.autocast())[0]
-        return prompt + done.text
+        done = complete(self.model, self.data.tokenizer, [prompt] * max(1, len(shown)), cfg,
+                        device=self.runtime.device, autocast=self.runtime.autocast(), condition=condition)
+        if not shown:
+            return prompt + done[0].text
+        return "\n".join(f"[{s}] {prompt}{d.text}" for s, d in zip(shown, done))
+
+    def _sample_conditions(self):
+        """(what to show for each condition, their tensor) for training samples."""
+        spec = self.data.condition
+        if spec is None:
+            return [], None
+        if spec.kind == "label":
+            names = spec.label_names()[:4]
+            return names, torch.arange(len(names))
+        source = self.data.val if self.data.val is not None else None
+        table = source.conditions if source is not None else self.data.train.conditions
+        n = min(3, len(table))
+        return [f"{spec.kind} {i}" for i in range(n)], table[:n]
 
     def _fit(self) -> TrainResult:
         """A fitted model (the Markov baseline) counts its statistics in one
@@ -421,6 +477,7 @@ class Trainer:
             "val_tokens": data.val.num_targets if data.val else 0, "steps_per_epoch": spe,
             "batch_size": data.train.batch_size, "total_steps": self.total_steps, "time_budget": t.time,
             "lr": self.lr, "resumed_at": p.step, "config": self.config.to_dict(),
+            "condition": data.condition.describe() if data.condition else None,
             "processes": self.dist.world_size,
         })
         if self.fitted:
@@ -438,18 +495,19 @@ class Trainer:
                     interrupted = True
                     break
                 batch = data.train.get(p.epoch, p.index)
-                if batch.reset or not data.train.carries_state:
-                    self.state = None
-                x, y = batch.x, batch.y
+                x, y, condition = batch.x, batch.y, batch.condition
                 if self.dist.enabled:  # every rank drew the same global batch; train on our rows of it
                     rows = self.dist.shard(x.shape[0])
-                    x, y = x[rows], y[rows]
+                    x, y, condition = x[rows], y[rows], select_condition(condition, rows)
                 x = x.to(self.runtime.device, non_blocking=True)
                 y = y.to(self.runtime.device, non_blocking=True)
                 lr = lr_at(self.fraction_done(), self.lr, t.warmup, t.min_lr_ratio)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
                 with self.runtime.autocast():
+                    if batch.reset or not data.train.carries_state:  # the initial state, from the condition
+                        self.state = start(self.model, None if condition is None else
+                                           condition.to(self.runtime.device, non_blocking=True))
                     _, loss, state = self.train_model(x, y, self.state)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:

@@ -14,13 +14,19 @@ Every model is an ``nn.Module`` with::
         those after each row's last real token.
     step(idx (B,), state) -> (logits (B, V), state)
         one token per row; generation calls this in a loop.
+    start(condition) -> state                      (conditioned models)
+        the initial state for a batch of conditions (batch in dimension 0:
+        label ids, vectors or images); callers go through ``state.start``,
+        which gives None (zeros) for a model without conditions.
 
-so one ``generate()``, one ``evaluate()`` and one trainer serve them all. Models
-are built by name from :data:`MODELS` (the ``type`` field of ModelConfig).
-Every tensor of a state has the batch in dimension 1 -- the RNN's
-(layers, B, H), the Markov model's (1, B, order - 1) -- so rows of a state can
-be selected or concatenated along it. A model with ``fit`` and no trainable
-parameters (:func:`is_fitted`) is fitted in one pass instead of trained.
+so one ``generate()``, one ``evaluate()`` and one trainer serve them all: they
+pass a batch's condition to ``state.start`` and the state on, never looking
+inside. Models are built by name from :data:`MODELS` (the ``type`` field of
+ModelConfig). Every tensor of a state has the batch in dimension 1 -- the
+RNN's (layers, B, H), a fed condition's (1, B, C), the Markov model's
+(1, B, order - 1) -- so :mod:`genrnn.state` can select, join and shard rows of
+any model's state. A model with ``fit`` and no trainable parameters
+(:func:`is_fitted`) is fitted in one pass instead of trained.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from ..errors import GenrnnError
+from ..state import State, detach_state, map_state
+from .encoders import ENCODERS
 from .markov import MarkovLM
-from .rnn import RNNLM, State, detach_state, map_state
+from .rnn import RNNLM
 
 MODELS: Dict[str, Callable[[ModelConfig], nn.Module]] = {"rnn": RNNLM, "markov": MarkovLM}
 
@@ -55,4 +63,5 @@ def build_model(config: ModelConfig) -> nn.Module:
     return factory(config)
 
 
-__all__ = ["MODELS", "MarkovLM", "RNNLM", "State", "build_model", "detach_state", "is_fitted", "map_state"]
+__all__ = ["ENCODERS", "MODELS", "MarkovLM", "RNNLM", "State", "build_model", "detach_state", "is_fitted",
+           "map_state"]

@@ -7,6 +7,14 @@ vector, exactly the lesson's model (``nn.LSTM(vocab, 64)`` + Linear).
 The recurrent state is an ``(h, c)`` tuple for LSTM and a tensor ``h`` for GRU
 and RNN, each ``(num_layers, B, hidden_size)``.
 
+A conditioned model (``condition`` label, vector or image) has a condition
+encoder (:mod:`.encoders`); :meth:`RNNLM.start` maps the condition's embedding
+(B, C) through a learned layer to the initial state of every layer. With
+``condition_every_step`` the embedding is also concatenated to the input at
+every step, and then it rides in the state, ``(rnn_state, embedding (1, B, C))``,
+so that ``step`` needs nothing but the state (and row selection keeps each
+row's own condition).
+
 Generation does not call those modules for its one-token steps: :meth:`RNNLM.step`
 computes the cell update itself from the same parameters (see
 :func:`_cell_update`), because the fused modules' fixed cost per call dominates
@@ -16,7 +24,7 @@ a single time step. Training, evaluation and ``prefill`` keep the fused modules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -24,24 +32,13 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
+from ..errors import GenrnnError
+from ..state import map_state
+from .encoders import ENCODERS
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor], None]
 
 _CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
-
-def map_state(fn: Callable[[torch.Tensor], torch.Tensor], state: State) -> State:
-    """Apply ``fn`` to every tensor of a recurrent state."""
-    if state is None:
-        return None
-    if isinstance(state, tuple):
-        return tuple(fn(s) for s in state)  # type: ignore[return-value]
-    return fn(state)
-
-
-def detach_state(state: State) -> State:
-    """Cut the graph between windows (truncated backpropagation through time)."""
-    return map_state(lambda s: s.detach(), state)
 
 
 # (weight_ih, weight_hh, bias_ih, bias_hh) of one layer
@@ -111,6 +108,7 @@ class _StepWeights:
     w_hh: List[torch.Tensor]
     bias: List[torch.Tensor]
     bias_hh: List[torch.Tensor]
+    w_cond: Optional[torch.Tensor] = None  # (C, gates): layer 0's weights for a condition fed at every step
     _copies: Optional[Tuple[List[torch.Tensor], List[torch.Tensor]]] = None
 
     def copies(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -185,9 +183,11 @@ class RNNLM(nn.Module):
         super().__init__()
         self.config = config
         V, E, H = config.vocab_size, config.embedding_size, config.hidden_size
+        C = config.condition_dim if config.condition != "none" else 0
+        self.feed = C if config.condition_every_step else 0  # condition width added to the input
         self.embedding = nn.Embedding(V, E) if E > 0 else None
         self.drop = nn.Dropout(config.dropout)
-        cell, in_size, L = _CELLS[config.cell], (E if E > 0 else V), config.num_layers
+        cell, in_size, L = _CELLS[config.cell], (E if E > 0 else V) + self.feed, config.num_layers
         if config.dropout > 0 and L > 1:
             self.rnn = StackedRNN(cell, in_size, H, L, config.dropout)
         else:  # one fused call for all layers (cuDNN / oneDNN)
@@ -198,39 +198,73 @@ class RNNLM(nn.Module):
         first = self.rnn.layers[0] if isinstance(self.rnn, StackedRNN) else self.rnn
         self._nonlinearity: str = getattr(first, "nonlinearity", "tanh")
         self._step_weights: Optional[_StepWeights] = None  # not a buffer: never in the state dict
+        # built last, so an unconditioned model draws the same initial weights as before conditions existed
+        self.encoder = ENCODERS[config.condition](config.condition_size, C) if C else None
+        self.bridge = nn.Linear(C, L * H * (2 if config.cell == "lstm" else 1)) if C else None
 
-    def _inputs(self, idx: torch.Tensor) -> torch.Tensor:
+    def start(self, condition: Optional[torch.Tensor]) -> State:
+        """The initial state for a batch of conditions (label ids (B,), vectors
+        (B, D) or uint8 images (B, 3, S, S)); None (zeros) for an
+        unconditioned model given none."""
+        if self.encoder is None:
+            if condition is None:
+                return None
+            raise GenrnnError("this model takes no condition (it was trained without one)")
+        if condition is None:
+            raise GenrnnError(f"this model generates from a {self.config.condition}: give one")
+        feat = self.encoder(condition)  # (B, C)
+        B, L, H = feat.shape[0], self.config.num_layers, self.config.hidden_size
+        k = 2 if self.config.cell == "lstm" else 1
+        init = torch.tanh(self.bridge(feat)).view(B, L, k, H).permute(2, 1, 0, 3)  # (k, L, B, H)
+        rnn_state = (init[0].contiguous(), init[1].contiguous()) if k == 2 else init[0].contiguous()
+        return (rnn_state, feat[None]) if self.feed else rnn_state
+
+    def _split(self, state: State) -> Tuple[State, Optional[torch.Tensor]]:
+        """(the cells' state, the fed condition embedding (B, C) or None)."""
+        if not self.feed or state is None:
+            return state, None
+        return state[0], state[1][0]
+
+    def _join(self, rnn_state: State, feat: Optional[torch.Tensor]) -> State:
+        return (rnn_state, feat[None]) if feat is not None else rnn_state
+
+    def _inputs(self, idx: torch.Tensor, feat: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.embedding is None:
             # the lesson's one-hot input; float32 even under autocast is fine
             x = F.one_hot(idx, self.config.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
         else:
             x = self.embedding(idx)  # (B, T, E)
+        if self.feed:  # the condition beside every token: (B, T, E + C)
+            f = feat.to(x.dtype) if feat is not None else x.new_zeros(x.shape[0], self.feed)
+            x = torch.cat([x, f[:, None, :].expand(-1, x.shape[1], -1)], dim=-1)
         return self.drop(x)
 
     def forward(
         self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, state: State = None
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], State]:
-        out, state = self.rnn(self._inputs(idx), state)  # (B, T, H)
+        rnn_state, feat = self._split(state)
+        out, rnn_state = self.rnn(self._inputs(idx, feat), rnn_state)  # (B, T, H)
         logits = self.head(self.drop(out))  # (B, T, V)
         loss = None
         if targets is not None:
             # loss in float32 even under bf16 autocast; -100 marks padding
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return logits, loss, state
+        return logits, loss, self._join(rnn_state, feat)
 
     def prefill(
         self, idx: torch.Tensor, lengths: torch.Tensor, state: State = None
     ) -> Tuple[torch.Tensor, State]:
         """Run right-padded prompts ``idx`` (B, T) of ``lengths`` (B,) as one batch."""
-        x = self._inputs(idx)
+        rnn_state, feat = self._split(state)
+        x = self._inputs(idx, feat)
         if bool((lengths == idx.shape[1]).all()):  # no padding: skip the packing
-            out, state = self.rnn(x, state)
-            return self.head(out[:, -1]), state
+            out, rnn_state = self.rnn(x, rnn_state)
+            return self.head(out[:, -1]), self._join(rnn_state, feat)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, state = self.rnn(packed, state)  # the state is taken after each row's own last token
+        out, rnn_state = self.rnn(packed, rnn_state)  # the state is taken after each row's own last token
         out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T, H)
         last = out[torch.arange(idx.shape[0], device=idx.device), lengths.to(idx.device) - 1]  # (B, H)
-        return self.head(last), state
+        return self.head(last), self._join(rnn_state, feat)
 
     def step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """One generation step: ``idx`` (B,) -> logits (B, V).
@@ -283,8 +317,9 @@ class RNNLM(nn.Module):
         return super().train(mode)
 
     def _module_step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
-        out, state = self.rnn(self._inputs(idx[:, None]), state)  # (B, 1, H)
-        return self.head(out[:, 0]), state
+        rnn_state, feat = self._split(state)
+        out, rnn_state = self.rnn(self._inputs(idx[:, None], feat), rnn_state)  # (B, 1, H)
+        return self.head(out[:, 0]), self._join(rnn_state, feat)
 
     def _step_params(self) -> List[torch.Tensor]:
         """weight_ih, weight_hh, bias_ih, bias_hh of each layer (fused or
@@ -324,17 +359,22 @@ class RNNLM(nn.Module):
         with torch.no_grad(), torch.autocast(device_type, enabled=False):  # kept in the weights' dtype
             bias = [b_ih if gru else b_ih + b_hh for _, _, b_ih, b_hh in layers]
             w_ih = [w.t() for w, _, _, _ in layers]
+            w_cond = None
+            if self.feed:  # layer 0's input is [token, condition]: split its weights
+                tokens = w_ih[0].shape[0] - self.feed
+                w_ih[0], w_cond = w_ih[0][:tokens], w_ih[0][tokens:]
             table = None
             if self.embedding is None:  # one-hot @ W_ih.T: W_ih's columns
                 table = w_ih[0] + bias[0]
             elif self.config.vocab_size * w_ih[0].shape[1] <= _TABLE_MAX_ELEMENTS:
                 table = torch.addmm(bias[0], self.embedding.weight, w_ih[0])
         return _StepWeights(key, table, w_ih, [w.t() for _, w, _, _ in layers], bias,
-                            [b_hh for _, _, _, b_hh in layers] if gru else [])
+                            [b_hh for _, _, _, b_hh in layers] if gru else [], w_cond)
 
     def _fast_step(self, w: _StepWeights, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         cell, L, H = self.config.cell, self.config.num_layers, self.config.hidden_size
         w_ih, w_hh = w.copies() if idx.shape[0] <= _COPY_MAX_BATCH else (w.w_ih, w.w_hh)
+        state, feat = self._split(state)
         if state is None:
             zeros = w.bias[0].new_zeros(L, idx.shape[0], H)
             state = (zeros, zeros) if cell == "lstm" else zeros
@@ -347,6 +387,8 @@ class RNNLM(nn.Module):
                 gi = w.table[idx]
             else:
                 gi = torch.addmm(w.bias[i], self.embedding(idx) if i == 0 else x, w_ih[i])
+            if i == 0 and feat is not None:
+                gi = torch.addmm(gi, feat.to(gi.dtype), w.w_cond)
             x, c_i = _cell_update(cell, self._nonlinearity, gi, h[i], None if c is None else c[i], w_hh[i],
                                   w.bias_hh[i] if w.bias_hh else None)
             hs.append(x)
@@ -355,5 +397,5 @@ class RNNLM(nn.Module):
         logits = F.linear(x, self.head.weight, self.head.bias)
         h_new = hs[0][None] if L == 1 else torch.stack(hs)
         if cell != "lstm":
-            return logits, h_new
-        return logits, (h_new, cs[0][None] if L == 1 else torch.stack(cs))
+            return logits, self._join(h_new, feat)
+        return logits, self._join((h_new, cs[0][None] if L == 1 else torch.stack(cs)), feat)
