@@ -52,8 +52,7 @@ import torch.nn as nn
 from genrnn.config import ModelConfig
 from genrnn.models import build_model
 from genrnn.runtime import make_runtime, tune_allocator
-from genrnn.sampling import SampleConfig, _temperature_tensor, apply_temperature, generate_tokens, \
-    top_k_filter, top_p_filter
+from genrnn.sampling import SampleConfig, apply_temperature, generate_tokens, top_k_filter, top_p_filter
 from genrnn.tokenizers import EOS_ID, PAD_ID
 
 VOCAB = 68
@@ -114,7 +113,7 @@ def before_generate(model: nn.Module, prompts: List[List[int]], config: SampleCo
     idx = torch.full((B, int(lengths.max())), PAD_ID, dtype=torch.long)
     for i, p in enumerate(prompts):
         idx[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-    temperature = _temperature_tensor(config.temperature, B, device)
+    temperature = torch.as_tensor(config.temperature, dtype=torch.float32, device=device).flatten().expand(B)
     generator = torch.Generator(device=device)
     generator.manual_seed(config.seed or 0)
     logits, state = model.prefill(idx.to(device), lengths, None)

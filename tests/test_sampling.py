@@ -1,4 +1,6 @@
-"""Logits transforms, the generation loop and text completion.
+"""Logits transforms, the sampler, text assembly, the generation loop and
+text completion -- and that the serving engine, which runs the same sampler
+and text assembly, gives the same tokens and text.
 
 Exact checks use hand-computed examples; the sampling distribution is checked
 empirically against the exact one with a fake model whose next-token logits
@@ -7,27 +9,37 @@ never change.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import List, Sequence
+import queue
+import time
+from types import SimpleNamespace
+from typing import Dict, List, Sequence
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from genrnn.config import ModelConfig
 from genrnn.errors import GenrnnError
 from genrnn.models import build_model
+from genrnn import sampling
 from genrnn.sampling import (
+    RowSampling,
+    Sampler,
     SampleConfig,
+    TextStream,
     apply_temperature,
     complete,
     generate_tokens,
-    sample_next,
+    row_seed,
     top_k_filter,
     top_p_filter,
 )
+from genrnn.serve.engine import Engine, RowParams, RowSpec
 from genrnn.tokenizers import EOS_ID, PAD_ID, build_tokenizer
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -188,17 +200,75 @@ def test_top_p_filter_keeps_the_smallest_sufficient_prefix(values, p):
     assert float(probs[list(kept)].sum()) >= p - 1e-5
 
 
-def test_sample_next_greedy_rows_and_pad():
+def sampler(*rows: RowSampling, streams=None) -> Sampler:
+    s = Sampler()
+    s.add(list(rows), streams)
+    return s
+
+
+def test_sampler_greedy_rows_and_pad():
     logits = torch.tensor([[9.0, 1.0, 3.0, 2.0], [9.0, 5.0, 1.0, 2.0]])
     before = logits.clone()
-    out = sample_next(logits, torch.tensor([0.0, 0.0]), None, None, None)
+    out = sampler(RowSampling(0.0), RowSampling(0.0))(logits)
     assert out.tolist() == [2, 1]  # the argmax once PAD (id 0) is excluded
     assert torch.equal(logits, before)  # the caller's logits are left alone
     # greedy rows beside sampled rows
-    g = torch.Generator().manual_seed(0)
-    many = torch.stack([sample_next(logits, torch.tensor([0.0, 5.0]), None, None, g) for _ in range(200)])
+    s = sampler(RowSampling(0.0), RowSampling(5.0, seed=0))
+    many = torch.stack([s(logits) for _ in range(200)])
     assert bool((many[:, 0] == 2).all())
     assert len(set(many[:, 1].tolist())) > 1 and PAD_ID not in many.tolist()
+    assert torch.equal(logits, before)
+
+
+def test_draw_never_draws_an_excluded_token():
+    """The inverse-CDF draw with the extreme uniforms (0 and the largest float32
+    below 1): a token of probability 0 is never drawn, however small the others."""
+    probs = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0], [1e-30, 0.0, 0.0, 0.0]])
+    for u in (0.0, 1 - 2**-24):
+        got = sampling.draw(probs, torch.full((3,), u)).tolist()
+        assert got[0] in (1, 2) and got[1:] == [3, 0]
+    assert sampling.draw(probs, torch.full((3,), 0.0)).tolist() == [1, 3, 0]
+    assert sampling.draw(probs, torch.full((3,), 0.75)).tolist() == [2, 3, 0]
+    # unnormalised weights; batch 1 (the buffer written in place) and a batch agree
+    w = torch.tensor([[0.0, 2.0, 0.0, 6.0, 0.0]])
+    for u, want in ((0.0, 1), (0.2499, 1), (0.25, 3), (1 - 2**-24, 3)):
+        assert sampling.draw(w, torch.tensor([u])).tolist() == [want]
+        assert sampling.draw(w.expand(3, -1), torch.full((3,), u)).tolist() == [want] * 3
+
+
+def test_a_row_draws_the_same_whatever_its_neighbours():
+    """A row's tokens depend on its seed and its own logits only: alone (one
+    temperature, one k, one p: the shared path) or beside rows that are
+    greedy, filter differently, join later or leave (the per-row path)."""
+    torch.manual_seed(0)
+    V, steps = 12, 150
+    mine = torch.randn(V) * 2
+    me = RowSampling(0.8, top_k=6, top_p=0.9, seed=123)
+    alone = sampler(me)
+    want = [int(alone(mine[None])[0]) for _ in range(steps)]
+    assert len(set(want)) > 2
+    others = [RowSampling(1.3, seed=1), RowSampling(0.0), RowSampling(0.8, top_k=3, seed=2),
+              RowSampling(1.0, top_p=0.5, seed=3), RowSampling(0.5, top_k=2, top_p=0.7)]
+    batch = [others[0], me, others[1]]
+    s = sampler(*batch)
+    noise = torch.randn(steps, 8, V)
+    got = []
+    for t in range(steps):
+        if t == 40:  # two rows join mid-block
+            s.add([others[2], others[3]])
+            batch += [others[2], others[3]]
+        if t == 90:  # rows leave: me moves to the front
+            keep = [1, 3, 4]
+            s.keep(keep)
+            batch = [batch[i] for i in keep]
+        if t == 120:
+            s.add([others[4]])
+            batch.append(others[4])
+        logits = noise[t, : len(batch)].clone()
+        pos = batch.index(me)
+        logits[pos] = mine
+        got.append(int(s(logits)[pos]))
+    assert got == want
 
 
 # -- generation ------------------------------------------------------------------------------
@@ -392,3 +462,276 @@ def test_complete_with_a_real_model_is_reproducible(chars):
         assert 1 <= c.tokens <= 25
         assert (c.tokens == 25) == (c.finish_reason == "length")
         assert len(c.text) == c.tokens - (c.finish_reason == "eos")  # one char per token
+
+
+# -- text assembly ---------------------------------------------------------------------------
+
+
+def push_text(stream: TextStream, tokenizer, text: str):
+    """Push ``text``'s tokens one by one until the row ends: the pieces shown and the reason."""
+    shown, reason = [], None
+    for tid in tokenizer.encode(text):
+        piece, reason = stream.push(tid)
+        shown.append(piece)
+        if reason:
+            break
+    return shown, reason
+
+
+def test_text_stream_stop_string_across_tokens_and_hold_back(chars):
+    stream = TextStream(chars, [EOS_ID] + chars.encode("x"), stop=["o w"], max_tokens=50)
+    shown, reason = push_text(stream, chars, "hello world")
+    # "o w" spans three tokens; the last two characters are held back until they cannot begin it
+    assert shown == ["", "", "h", "e", "l", "l", ""]
+    assert (reason, stream.text, stream.count, stream.finish_reason) == ("stop", "hell", 7, "stop")
+    with pytest.raises(ValueError, match="already ended"):
+        stream.push(chars.encode("a")[0])
+    # two stop strings completed by one token: the one that starts first wins
+    stream = TextStream(chars, [EOS_ID], stop=["cd", "bcd"])
+    assert push_text(stream, chars, "abcdef") == (["", "", "a", ""], "stop") and stream.text == "a"
+    # word tokens: the stop string begins inside one token and ends in the next
+    words = build_tokenizer("word", ["the cat sat on the mat ."])
+    stream = TextStream(words, [EOS_ID] + words.encode("the"), stop=["t s"])
+    assert push_text(stream, words, "cat sat on") == ([" c", "a"], "stop") and stream.text == " ca"
+
+
+def test_text_stream_eos_and_length(chars):
+    stream = TextStream(chars, [EOS_ID], stop=["abc"])
+    assert push_text(stream, chars, "ab") == (["", ""], None)
+    assert stream.push(EOS_ID) == ("ab", "eos")  # the held text is released at the end
+    assert (stream.text, stream.count, stream.piece) == ("ab", 3, "")
+    stream = TextStream(chars, [EOS_ID], max_tokens=3)
+    assert push_text(stream, chars, "abcdef") == (["a", "b", "c"], "length") and stream.count == 3
+    stream = TextStream(chars, [EOS_ID], stop=["zz"], max_tokens=3)
+    assert push_text(stream, chars, "abcdef") == (["", "a", "bc"], "length")
+    stream = TextStream(chars, [EOS_ID], max_tokens=0)
+    assert stream.finish() == "" and stream.finish_reason == "length" and stream.count == 0
+
+
+@PROPERTY
+@given(st.lists(st.sampled_from("ab ." + "\x02"), max_size=30), st.sampled_from([(), ("ab",), ("a", " .")]),
+       st.sampled_from([None, 1, 7, 40]))
+def test_text_stream_push_all_equals_push(tokens, stop, max_tokens):
+    """``push_all`` (complete()'s decode-at-the-end path) ends exactly as the
+    token-by-token loop, for both tokenizers ("\x02" stands for <eos>)."""
+    for kind in ("char", "word"):
+        tokenizer = build_tokenizer(kind, ["ab a b . ab."])
+        ids = []
+        for t in tokens:
+            ids += [EOS_ID] if t == "\x02" else tokenizer.encode(t) or [tokenizer.encode("a")[0]]
+        one = TextStream(tokenizer, [EOS_ID] + tokenizer.encode("b"), stop, max_tokens)
+        pieces = []
+        for tid in ids:
+            piece, reason = one.push(tid)
+            pieces.append(piece)
+            if reason:
+                break
+        pieces.append(one.finish())
+        bulk = TextStream(tokenizer, [EOS_ID] + tokenizer.encode("b"), stop, max_tokens)
+        text, _ = bulk.push_all(ids)
+        text += bulk.finish()
+        assert (bulk.text, bulk.count, bulk.finish_reason) == (one.text, one.count, one.finish_reason)
+        assert text == "".join(pieces) == one.text
+
+
+# -- the server's engine runs the same sampler and text assembly ------------------------------
+
+
+class Collect:
+    """An engine sink called in the engine thread; gathers each row's text."""
+
+    loop = None
+
+    def __init__(self):
+        self.updates: "queue.Queue" = queue.Queue()
+        self.texts: Dict[int, str] = {}
+        self.reasons: Dict[int, str] = {}
+        self.counts: Dict[int, int] = {}
+        self.errors: Dict[int, str] = {}
+
+    def deliver(self, updates) -> None:
+        self.updates.put(list(updates))
+
+    def first(self, timeout: float = 30.0) -> None:
+        """Wait for the first update (it is kept)."""
+        self._take(self.updates.get(timeout=timeout))
+
+    def wait(self, rows: int, timeout: float = 60.0) -> "Collect":
+        while len(self.reasons) < rows:
+            self._take(self.updates.get(timeout=timeout))
+        return self
+
+    def _take(self, batch) -> None:
+        for u in batch:
+            self.texts[u.index] = self.texts.get(u.index, "") + u.text
+            self.counts[u.index] = u.completion_tokens
+            if u.finish_reason:
+                self.reasons[u.index] = u.finish_reason
+            if u.error:
+                self.errors[u.index] = u.error
+
+
+@contextlib.contextmanager
+def engine_for(model: nn.Module, tokenizer, max_streams: int = 512):
+    trained = SimpleNamespace(model=model, tokenizer=tokenizer,
+                              runtime=SimpleNamespace(device=torch.device("cpu"), autocast=contextlib.nullcontext))
+    engine = Engine({"m": trained}, max_streams=max_streams).start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def run_engine(engine, specs: List[RowSpec]) -> Collect:
+    sink = Collect()
+    engine.submit("m", specs, sink)
+    return sink.wait(len(specs))
+
+
+@pytest.mark.parametrize("settings", [dict(temperature=0.9), dict(temperature=1.2, top_k=4, top_p=0.9)])
+def test_the_engine_draws_what_generate_tokens_draws(chars, settings):
+    """Same fixed logits, same seeds (row i: ``row_seed(seed, i)``): the engine
+    draws exactly the tokens of ``generate_tokens``, and with temperature
+    alone both follow softmax(logits / T) (N = 12000, 5 standard errors)."""
+    V = chars.vocab_size
+    letters = chars.encode("abcdef")
+    logits = torch.full((V,), NEG_INF)  # <eos> too: rows run to the length limit
+    logits[letters] = torch.tensor([0.5, 1.0, 2.0, -1.0, 1.5, 0.0])
+    logits[PAD_ID] = 8.0  # by far the largest, and never drawn
+    model = FixedLogits(logits)
+    rows, steps, seed = 300, 40, 77
+    local = draw(model, rows, steps, seed=seed, **settings)  # (steps, rows)
+    with engine_for(model, chars) as engine:
+        sink = run_engine(engine, [RowSpec(i, [EOS_ID], RowParams(max_tokens=steps, seed=row_seed(seed, i),
+                                                                  **settings)) for i in range(rows)])
+    served = torch.tensor([chars.encode(sink.texts[i]) for i in range(rows)]).T
+    assert served.shape == (steps, rows) and set(sink.reasons.values()) == {"length"}
+    assert torch.equal(served, local)
+    if settings == dict(temperature=0.9):
+        assert_frequencies(local, masked_softmax(logits, 0.9))
+    else:
+        assert set(local.flatten().tolist()) <= set(letters) and len(set(local.flatten().tolist())) > 1
+
+
+def test_complete_and_the_engine_give_the_same_text(chars):
+    """``complete(seed=S)`` and the engine with row seeds ``row_seed(S, i)``:
+    the same text, token counts and finish reasons (a real model; rows kept
+    from ending early so that both run the same batches), stop strings included."""
+    model = tiny_lm(vocab_size=chars.vocab_size)
+    with torch.no_grad():
+        model.head.bias[EOS_ID] -= 50.0
+    prompts = ["ab", "c", ""]
+    config = SampleConfig(max_new_tokens=40, temperature=0.9, top_k=8, seed=5)
+    local = complete(model, chars, prompts, config)
+    assert len({c.text for c in local}) == 3
+    with engine_for(model, chars) as engine:
+        specs = [RowSpec(i, [EOS_ID] + chars.encode(p), RowParams(max_tokens=40, temperature=0.9, top_k=8,
+                                                                   seed=row_seed(5, i)))
+                 for i, p in enumerate(prompts)]
+        sink = run_engine(engine, specs)
+        assert [(sink.texts[i], sink.counts[i], sink.reasons[i]) for i in range(3)] == [
+            (c.text, c.tokens, c.finish_reason) for c in local]
+        # one row with a stop string taken from its own text
+        stop = local[0].text[10:12]
+        alone = complete(model, chars, ["ab"], config, stop=[stop])[0]
+        assert alone.finish_reason == "stop" and alone.text == local[0].text[: local[0].text.index(stop)]
+        sink = run_engine(engine, [RowSpec(0, specs[0].prompt_ids, RowParams(
+            max_tokens=40, temperature=0.9, top_k=8, seed=row_seed(5, 0), stop=(stop,)))])
+        assert (sink.texts[0], sink.counts[0], sink.reasons[0]) == (alone.text, alone.tokens, "stop")
+
+
+# -- conditions ---------------------------------------------------------------------------------
+
+
+class Conditioned(nn.Module):
+    """A conditioned fake. ``start(condition)`` (token ids, one per row) gives
+    the state ``(condition (1, B), position (1, B))``; a row's next token is its
+    condition at even positions and the token after it at odd ones, so its
+    text shows both its own condition and its own progress. Records what
+    ``start`` and ``prefill`` were given; ``delay`` slows each step."""
+
+    def __init__(self, vocab_size: int, delay: float = 0.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.vocab_size = vocab_size
+        self.delay = delay
+        self.started: List[torch.Tensor] = []
+        self.prefilled: List[object] = []
+
+    def start(self, condition):
+        self.started.append(condition.clone())
+        B = condition.shape[0]
+        return condition.reshape(1, B).clone(), torch.zeros(1, B, dtype=torch.long)
+
+    def _logits(self, state):
+        condition, position = state
+        return F.one_hot(condition[0] + position[0] % 2, self.vocab_size).float() * 20
+
+    def prefill(self, idx, lengths, state):
+        self.prefilled.append(state)
+        return self._logits(state), state
+
+    def step(self, idx, state):
+        time.sleep(self.delay)
+        condition, position = state
+        state = (condition, position + 1)
+        return self._logits(state), state
+
+
+def pattern(chars, letter: str, n: int) -> str:
+    """What :class:`Conditioned` writes for a row conditioned on ``letter``."""
+    pair = letter + chars.decode([chars.encode(letter)[0] + 1])
+    return (pair * n)[:n]
+
+
+def test_generation_passes_conditions_through(chars):
+    model = Conditioned(chars.vocab_size)
+    condition = torch.tensor(chars.encode("ad"))
+    out = torch.stack(list(generate_tokens(model, [[EOS_ID]] * 2, SampleConfig(max_new_tokens=6, temperature=0.0),
+                                           condition=condition)))
+    assert [chars.decode(out[:, i].tolist()) for i in range(2)] == [pattern(chars, "a", 6), pattern(chars, "d", 6)]
+    assert torch.equal(model.started[0], condition)
+    assert model.prefilled[0][0].tolist() == [condition.tolist()]  # prefill started from start()'s state
+    done = complete(model, chars, ["x", ""], SampleConfig(max_new_tokens=5, temperature=0.0),
+                    condition=torch.tensor(chars.encode("gc")))
+    assert [c.text for c in done] == [pattern(chars, "g", 5), pattern(chars, "c", 5)]
+    with pytest.raises(GenrnnError, match="3 conditions for 2 prompts"):
+        list(generate_tokens(model, [[EOS_ID]] * 2, SampleConfig(max_new_tokens=1), condition=condition[[0, 1, 1]]))
+    with pytest.raises(GenrnnError, match="takes no condition"):  # a model without start()
+        list(generate_tokens(FixedLogits(LOGITS), [[3]], SampleConfig(max_new_tokens=1), condition=condition[:1]))
+
+
+def test_the_engine_keeps_each_rows_condition(chars):
+    """Rows with conditions join a running batch at different steps and leave
+    it at different steps; each keeps its own condition and position. Rows
+    without one cannot join them, and a condition for a model that takes none
+    is refused; neither disturbs the others."""
+    model = Conditioned(chars.vocab_size, delay=0.002)
+
+    def row(index, letter, n, **params):
+        cond = None if letter is None else torch.tensor(chars.encode(letter)[0])
+        return RowSpec(index, [EOS_ID], RowParams(max_tokens=n, greedy=True, **params), cond)
+
+    with engine_for(model, chars) as engine:
+        a = Collect()
+        engine.submit("m", [row(0, "a", 60)], a)
+        a.first()
+        b = Collect()
+        engine.submit("m", [row(0, "d", 8)], b)
+        b.first()
+        c = Collect()
+        engine.submit("m", [row(0, "g", 30), row(1, "p", 12)], c)
+        d = Collect()
+        engine.submit("m", [row(0, None, 5)], d)  # no condition while conditioned rows run
+        assert b.wait(1).texts == {0: pattern(chars, "d", 8)}
+        assert c.wait(2).texts == {0: pattern(chars, "g", 30), 1: pattern(chars, "p", 12)}
+        assert a.wait(1).texts == {0: pattern(chars, "a", 60)}
+        assert d.wait(1).reasons == {0: "error"} and "with and without a condition" in d.errors[0]
+        assert [s.tolist() for s in model.started] == [chars.encode(x) for x in ("a", "d", "gp")]
+        # the batch is empty again: rows without a condition can use the model now (and fail at its start())
+        e = run_engine(engine, [row(0, None, 3)])
+        assert e.reasons == {0: "error"}
+    with engine_for(FixedLogits(torch.zeros(chars.vocab_size)), chars) as engine:
+        mixed = run_engine(engine, [row(0, "a", 3), row(1, None, 4, temperature=0.0)])
+        assert mixed.reasons == {0: "error", 1: "length"} and "takes no condition" in mixed.errors[0]
+        assert len(mixed.texts[1]) == 4

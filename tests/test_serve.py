@@ -27,7 +27,8 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed (test extra)
 import genrnn  # noqa: E402
 from genrnn.sampling import SampleConfig, complete  # noqa: E402
 from genrnn.serve import BackgroundServer, Limits, create_app  # noqa: E402
-from genrnn.serve.engine import Engine, EngineFull, RowParams, RowSpec, sample_rows  # noqa: E402
+from genrnn.sampling import RowSampling, Sampler  # noqa: E402
+from genrnn.serve.engine import Engine, EngineFull, RowParams, RowSpec  # noqa: E402
 from genrnn.tokenizers import EOS_ID  # noqa: E402
 
 KEY = "test-key"
@@ -192,33 +193,54 @@ def test_stop_and_length_and_eos(run, engine):
     assert reasons[2] == "length" and counts[2] == 7 and texts[2] == base[:7]
 
 
+class FixedUniforms:
+    """A row's uniforms all equal to ``u`` (a stand-in for its generator)."""
+
+    def __init__(self, u: float):
+        self.u = u
+
+    def take(self, n: int):
+        import torch
+
+        return torch.full((n,), self.u)
+
+
+def sample_rows(logits, temperature, top_k, top_p, greedy, uniforms):
+    """One draw of the engine's sampler (``genrnn.sampling.Sampler``) with the
+    rows' settings given as lists and chosen uniforms."""
+    rows = [RowSampling(0.0 if g else t, k or None, None if p >= 1.0 else p)
+            for t, k, p, g in zip(temperature, top_k, top_p, greedy)]
+    sampler = Sampler()
+    sampler.add(rows, [FixedUniforms(u) for u in uniforms])
+    return sampler(logits)
+
+
 def test_sample_rows_per_row_settings():
     import torch
 
     logits = torch.tensor([[0.0, 0.0, 5.0, 1.0, 0.5], [0.0, 0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 1.0, 1.0, 1.0]])
-    greedy = torch.tensor([True, False, False])
-    temperature = torch.tensor([0.0, 1.0, 1.0])
-    top_k = torch.tensor([0, 1, 0])  # row 1: only its best token
-    top_p = torch.tensor([1.0, 1.0, 1.0])
+    greedy = [True, False, False]
+    temperature = [0.0, 1.0, 1.0]
+    top_k = [0, 1, 0]  # row 1: only its best token
+    top_p = [1.0, 1.0, 1.0]
     for u in (0.0, 0.3, 0.999):
-        out = sample_rows(logits, temperature, top_k, top_p, greedy, torch.full((3,), u))
+        out = sample_rows(logits, temperature, top_k, top_p, greedy, [u] * 3)
         assert out[0] == 2 and out[1] == 4
         assert out[2] in (1, 2, 3, 4) and out[2] != 0  # never <pad>
     # inverse CDF over the vocabulary in id order: row 2 is id 1 (1 / (3e + 1) ~ 0.11),
     # then ids 2, 3, 4 (e / (3e + 1) ~ 0.30 each)
-    sampling = torch.tensor([False] * 3)
-    picks = [int(sample_rows(logits, temperature, top_k, top_p, sampling, torch.full((3,), u))[2])
+    sampling = [False] * 3
+    picks = [int(sample_rows(logits, temperature, top_k, top_p, sampling, [u] * 3)[2])
              for u in (0.05, 0.2, 0.5, 0.9, 0.9999999)]
     assert picks == [1, 2, 3, 4, 4]
     # top-p 0.5 keeps the two most likely: ids 2 and 3 (ties by id; 0.30 + 0.30 >= 0.5)
-    half = torch.tensor([1.0, 1.0, 0.5])
-    picks = [int(sample_rows(logits, temperature, top_k, half, sampling, torch.full((3,), u))[2])
+    half = [1.0, 1.0, 0.5]
+    picks = [int(sample_rows(logits, temperature, top_k, half, sampling, [u] * 3)[2])
              for u in (0.0, 0.49, 0.51, 0.9999999)]
     assert picks == [2, 2, 3, 3]
     # a row's token does not depend on whether the other rows filter
-    plain = sample_rows(logits, temperature, torch.zeros(3, dtype=torch.long), top_p, sampling, torch.full((3,), 0.3))
-    mixed = sample_rows(logits, temperature, top_k, half * torch.tensor([0.5, 1.0, 2.0]).clamp(max=1.0), sampling,
-                        torch.full((3,), 0.3))
+    plain = sample_rows(logits, temperature, [0, 0, 0], top_p, sampling, [0.3] * 3)
+    mixed = sample_rows(logits, temperature, top_k, [0.5, 1.0, 1.0], sampling, [0.3] * 3)
     assert plain[2] == mixed[2]
 
 

@@ -8,28 +8,27 @@ prompt times ``n`` -- in one batch per model::
 
     loop:
         rows that joined since the last step run through one ``prefill``
-        and are concatenated to the batch (their states along dim 1)
-        every row samples its next token from its own logits, with its own
-        temperature / top-k / top-p and its own torch.Generator
-        the new text goes back to the requests (one hand-over per step)
-        finished and cancelled rows leave (index_select of the state)
+        (from ``state.start`` of their stacked conditions) and join the batch
+        (``state.cat_rows``; the sampler adds their settings)
+        every row draws its next token (``sampling.Sampler``: its own
+        temperature / top-k / top-p and its own generator)
+        and turns it into text (``sampling.TextStream``: stop strings, hold-back)
+        the new text goes back to the requests
+        finished and cancelled rows leave (``state.select_rows``)
         one ``model.step`` for the rows that remain
 
-Rows join and leave between steps, so a request never waits for another to
-finish. All torch work happens in the engine thread (under
-``torch.inference_mode``); PyTorch's global switches, such as turning oneDNN
-off for one-token steps on CPU, are never flipped under another thread's feet.
-
-Reproducibility: each row samples by inverse CDF from uniforms drawn from its
-own generator, so its text depends on its seed and its own logits only, never
-on which other rows share the batch (a batched ``multinomial`` would draw one
-stream of random numbers for the whole batch).
+Sampling and text assembly are those of ``genrnn.sampling.complete``, so a
+seeded row gives the same text here as locally, alone or in any batch. Rows
+join and leave between steps, so a request never waits for another to finish.
+All torch work happens in the engine thread (under ``torch.inference_mode``).
 
 The engine knows tokens and text, not HTTP: a request hands it row specs and a
 *sink*; the engine calls ``sink.deliver(updates)`` with a list of
-:class:`Update` per step. A sink with an event ``loop`` attribute is called in
-that loop (all sinks of one loop in one ``call_soon_threadsafe`` per step);
-a sink whose ``loop`` is None is called in the engine thread.
+:class:`Update`. A sink with an event ``loop`` attribute is called in that
+loop; per loop at most one delivery is scheduled at a time, and what the
+engine produces meanwhile is added to it (one wake-up of the loop carries
+every step that happened since the last). A sink whose ``loop`` is None is
+called in the engine thread.
 """
 
 from __future__ import annotations
@@ -44,15 +43,16 @@ from typing import Any, Callable, ContextManager, Deque, Dict, List, Optional, S
 import torch
 import torch.nn as nn
 
-from ..models import map_state
-from ..tokenizers import EOS_ID, PAD_ID
+from .. import state as states
+from ..errors import GenrnnError
+from ..sampling import RowSampling, Sampler, TextStream, padded_prompts
+from ..tokenizers import EOS_ID
 
 log = logging.getLogger("genrnn.serve")
 
 # Prompts joining at one step are prefilled together while their padded size
 # (rows x longest prompt) stays under this; the rest join at the next step.
 PREFILL_TOKENS = 65_536
-_UNIFORMS = 64  # uniforms a row draws from its generator at a time
 
 
 class EngineFull(Exception):
@@ -74,7 +74,7 @@ class RowParams:
     greedy: bool = False
     stop: Tuple[str, ...] = ()
     logprobs: Optional[int] = None  # alternatives per token; None = no logprobs
-    seed: Optional[int] = None  # None: a fresh random seed
+    seed: Optional[int] = None  # the row's own seed (app: sampling.row_seed); None: a fresh random one
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class RowSpec:
     index: int
     prompt_ids: Sequence[int]  # starts with EOS_ID, the beginning-of-document marker
     params: RowParams
+    condition: Optional[torch.Tensor] = None  # this row's condition (no batch dimension), for a conditioned model
 
 
 @dataclass
@@ -109,7 +110,9 @@ class Update:
 
 
 class _Row:
-    """A stream in the engine: sampling state and text assembly (as ``complete()``)."""
+    """A stream in the engine: its request, its sampling settings and its text."""
+
+    __slots__ = ("index", "ticket", "ids", "params", "condition", "sampling", "text", "done", "released")
 
     def __init__(self, spec: RowSpec, ticket: "Ticket", tokenizer):
         p = spec.params
@@ -117,61 +120,15 @@ class _Row:
         self.ticket = ticket
         self.ids = list(spec.prompt_ids)
         self.params = p
-        self.greedy = p.greedy or p.temperature == 0
-        self.generator = torch.Generator()
-        if p.seed is None:
-            self.generator.seed()
-        else:
-            self.generator.manual_seed(p.seed)
-        self._uniforms: List[float] = []
-        self.tokenizer = tokenizer
-        self.decoder = tokenizer.decoder()
-        for tid in self.ids:  # so the first new word is spaced after the prompt's last one
-            self.decoder.push(tid)
-        self.stop = [s for s in p.stop if s]
-        self.holdback = max((len(s) for s in self.stop), default=1) - 1
-        self.text = ""
-        self.emitted = 0
-        self.count = 0
+        self.condition = spec.condition
+        self.sampling = RowSampling(0.0 if p.greedy else p.temperature, p.top_k, p.top_p, p.seed)
+        self.text = TextStream(tokenizer, self.ids, p.stop, p.max_tokens)
         self.done = False
         self.released = False
 
-    def uniform(self) -> float:
-        if not self._uniforms:
-            self._uniforms = torch.rand(_UNIFORMS, generator=self.generator).tolist()[::-1]
-        return self._uniforms.pop()
-
-    def advance(self, tid: int, logprob: Optional[Tuple[float, Dict[str, float]]]) -> Optional[Update]:
-        """Take the sampled token ``tid``; return what the request should see."""
-        self.count += 1
-        offset = len(self.text)
-        reason = None
-        if tid == EOS_ID:
-            piece = ""
-            reason = "eos"
-        else:
-            piece = self.decoder.push(tid)
-            self.text += piece
-            if self.stop:
-                # only the tail can hold a new match: what was emitted had none
-                window = max(0, self.emitted - self.holdback)
-                hits = [h for h in (self.text.find(s, window) for s in self.stop) if h >= 0]
-                if hits:
-                    self.text = self.text[: min(hits)]
-                    reason = "stop"
-        if reason is None and self.count >= self.params.max_tokens:
-            reason = "length"
-        end = len(self.text) if reason else max(self.emitted, len(self.text) - self.holdback)
-        update = Update(self.index, self.text[self.emitted : end], completion_tokens=self.count,
-                        finish_reason=reason)
-        self.emitted = end
-        if logprob is not None:
-            shown = piece if piece else self.tokenizer.token_str(tid)
-            update.tokens.append(TokenInfo(shown, offset, logprob[0], logprob[1]))
-        self.done = reason is not None
-        if update.text or update.tokens or reason:
-            return update
-        return None
+    @property
+    def count(self) -> int:
+        return self.text.count
 
 
 class Ticket:
@@ -187,6 +144,7 @@ class Ticket:
         """Drop the rows that are still running (a no-op once all finished)."""
         self.cancelled = True
         self.engine._release(self.rows)
+        self.engine._cancels = True
         self.engine._wake()
 
 
@@ -203,67 +161,54 @@ class _Slot:
     rows: List[_Row] = field(default_factory=list)
     logits: Optional[torch.Tensor] = None  # (B, V): next-token logits of the rows
     state: Any = None  # the model's recurrent state, batch along dim 1
-    settings: Optional[Tuple[torch.Tensor, ...]] = None  # the rows' sampling settings, rebuilt when rows change
+    sampler: Optional[Sampler] = None  # the rows' sampling, in the rows' order
+    conditioned: bool = False  # whether the rows carry conditions (all or none of them do)
+
+    def reset(self) -> None:
+        self.rows, self.logits, self.state = [], None, None
+        self.sampler = Sampler(self.device)
 
 
-def cat_states(a: Any, b: Any) -> Any:
-    """Concatenate two recurrent states along the batch (dim 1)."""
-    if a is None or b is None:
-        return b if a is None else a
-    if isinstance(a, tuple):
-        return tuple(torch.cat([x, y], dim=1) for x, y in zip(a, b))
-    return torch.cat([a, b], dim=1)
+class _Mailbox:
+    """Updates on their way to the sinks of one event loop. At most one
+    delivery is scheduled at a time: while the loop has not run it, the
+    engine adds to it instead of waking the loop again."""
 
+    def __init__(self, loop: Any):
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.items: List[Tuple[Any, Update]] = []
+        self.scheduled = False
 
-def sample_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                greedy: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """One token per row of ``logits`` (B, V), every row with its own settings.
+    def post(self, items: List[Tuple[Any, Update]]) -> None:
+        """From the engine thread; raises RuntimeError once the loop is closed."""
+        with self.lock:
+            self.items.extend(items)
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self.deliver)
+        except RuntimeError:
+            with self.lock:
+                self.items.clear()
+                self.scheduled = False
+            raise
 
-    ``temperature`` (B,) float, ``top_k`` (B,) long (0 = off), ``top_p`` (B,)
-    float (1 = off), ``greedy`` (B,) bool, ``uniforms`` (B,) in [0, 1). The
-    same transforms as :func:`genrnn.sampling.sample_next` (temperature, then
-    top-k, then top-p on what top-k kept), per row; then the token is drawn by
-    inverse CDF over the vocabulary in id order with the row's own uniform. So
-    a row's token depends on its own logits and uniform only, never on the
-    other rows or on whether they filter.
-    """
-    logits = logits.float().index_fill(1, torch.tensor([PAD_ID], device=logits.device), float("-inf"))
-    best = logits.argmax(dim=-1)  # <pad> is never a word
-    if bool(greedy.all()):
-        return best
-    t = temperature.to(logits.dtype).reshape(-1, 1)
-    logits = logits / torch.where(t > 0, t, torch.ones_like(t))
-    if bool((top_k > 0).any()) or bool((top_p < 1.0).any()):
-        logits = _filter_rows(logits, top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    cdf = torch.cumsum(probs, dim=-1)
-    total = cdf[:, -1:]
-    # strictly below the total, so the search always lands on a token with probability > 0
-    below = torch.nextafter(total, torch.zeros_like(total))
-    target = torch.minimum(uniforms.to(cdf.dtype).reshape(-1, 1) * total, below)
-    sampled = torch.searchsorted(cdf, target, right=True).reshape(-1).clamp(max=cdf.shape[-1] - 1)
-    return torch.where(greedy, best, sampled)
-
-
-def _filter_rows(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Per-row top-k (0 = off) then top-p (1 = off); dropped logits become -inf.
-
-    As :func:`genrnn.sampling.top_k_filter` (ties with the k-th are kept) and
-    :func:`genrnn.sampling.top_p_filter` (the smallest set of most likely
-    tokens whose mass reaches p), each row on its own.
-    """
-    V = logits.shape[-1]
-    ranked, order = torch.sort(logits, dim=-1, descending=True, stable=True)
-    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, V)).clamp(1, V)
-    kth = ranked.gather(1, (k - 1).reshape(-1, 1))
-    ranked = ranked.masked_fill(ranked < kth, float("-inf"))
-    probs = torch.softmax(ranked, dim=-1)
-    before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above each one
-    p = top_p.to(probs.dtype).reshape(-1, 1)
-    drop_ranked = (before >= p) & (p < 1.0)  # p = 1 keeps everything, whatever the rounding
-    drop_ranked[:, 0] = False  # the best token always stays
-    drop = torch.zeros_like(drop_ranked).scatter(-1, order, drop_ranked | torch.isinf(ranked))
-    return logits.masked_fill(drop, float("-inf"))
+    def deliver(self) -> None:
+        """In the loop: hand each sink all that arrived, in one call."""
+        with self.lock:
+            items, self.items = self.items, []
+            self.scheduled = False
+        by_sink: Dict[int, Tuple[Any, List[Update]]] = {}
+        for sink, update in items:
+            entry = by_sink.get(id(sink))
+            if entry is None:
+                by_sink[id(sink)] = (sink, [update])
+            else:
+                entry[1].append(update)
+        for sink, updates in by_sink.values():
+            sink.deliver(updates)
 
 
 class Engine:
@@ -283,12 +228,16 @@ class Engine:
         self._slots: Dict[str, _Slot] = {}
         for name, trained in models.items():
             runtime = trained.runtime
-            self._slots[name] = _Slot(name, trained.model.eval(), trained.tokenizer, runtime.device, runtime.autocast)
+            slot = _Slot(name, trained.model.eval(), trained.tokenizer, runtime.device, runtime.autocast)
+            slot.reset()
+            self._slots[name] = slot
         self._cond = threading.Condition()
         self._lock = threading.Lock()  # guards _held and the rows' released flags
         self._held = 0
+        self._cancels = False  # some ticket was cancelled since the engine last looked
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
+        self._mailboxes: Dict[int, _Mailbox] = {}  # id(loop) -> its mailbox
         self.steps = 0  # batched steps taken, and tokens generated (for /healthz and benchmarks)
         self.tokens = 0
 
@@ -351,23 +300,27 @@ class Engine:
     # -- the engine thread ------------------------------------------------------
 
     def _run(self) -> None:
+        slots = list(self._slots.values())
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._stopping and not any(s.pending or s.rows for s in self._slots.values()):
+                    while not self._stopping and not any(s.pending or s.rows for s in slots):
                         self._cond.wait()
                     if self._stopping:
                         break
-                    joining = {name: self._take_pending(s) for name, s in self._slots.items()}
-                for name, slot in self._slots.items():
-                    if not (slot.rows or joining[name]):
+                    joining = [self._take_pending(s) if s.pending else [] for s in slots]
+                cancels, self._cancels = self._cancels, False
+                for slot, rows in zip(slots, joining):
+                    if not (slot.rows or rows):
                         continue
                     outbox: List[Tuple[_Row, Update]] = []
                     try:
-                        self._iterate(slot, joining[name], outbox)
+                        if cancels:
+                            self._drop_rows(slot, [i for i, r in enumerate(slot.rows) if not r.ticket.cancelled])
+                        self._iterate(slot, rows, outbox)
                     except Exception as e:  # a failing model must not take the server down
-                        log.exception("engine step failed on model %s", name)
-                        self._fail(slot, joining[name], f"generation failed: {type(e).__name__}: {e}", outbox)
+                        log.exception("engine step failed on model %s", slot.name)
+                        self._fail(slot, rows, f"generation failed: {type(e).__name__}: {e}", outbox)
                     self._publish(outbox)
         self._shutdown()
 
@@ -385,24 +338,36 @@ class Engine:
         return taken
 
     def _iterate(self, slot: _Slot, joining: List[_Row], outbox: List[Tuple[_Row, Update]]) -> None:
-        self._drop(slot, [r for r in slot.rows if not r.ticket.cancelled])
-        joining = [r for r in joining if not r.ticket.cancelled]
-        ready = []
-        for row in joining:
-            if row.params.max_tokens <= 0:  # nothing to generate
-                self._finish(row, Update(row.index, finish_reason="length"), outbox)
-            else:
-                ready.append(row)
-        if ready:
-            self._join(slot, ready)
-        if not slot.rows:
+        if joining:
+            ready = []
+            for row in joining:
+                if row.ticket.cancelled:
+                    continue
+                if row.params.max_tokens <= 0:  # nothing to generate
+                    self._finish(row, Update(row.index, finish_reason="length"), outbox)
+                else:
+                    ready.append(row)
+            if ready:
+                self._join(slot, ready, outbox)
+        rows = slot.rows
+        if not rows:
             return
         with slot.autocast():
-            tokens, logprobs = self._sample(slot)
+            tokens = slot.sampler(slot.logits)
+            logprobs = self._logprobs(slot, tokens) if any(r.params.logprobs is not None for r in rows) else None
         keep: List[int] = []
-        for i, (row, tid) in enumerate(zip(slot.rows, tokens.tolist())):
-            update = row.advance(tid, logprobs[i] if logprobs is not None else None)
-            if row.done:
+        for i, (row, tid) in enumerate(zip(rows, tokens.tolist())):
+            text = row.text
+            offset = text.length
+            piece, reason = text.push(tid)
+            if logprobs is not None and logprobs[i] is not None:
+                shown = text.piece if text.piece else slot.tokenizer.token_str(tid)
+                update = Update(row.index, piece, [TokenInfo(shown, offset, *logprobs[i])], reason, text.count)
+            elif piece or reason:
+                update = Update(row.index, piece, [], reason, text.count)
+            else:
+                update = None
+            if reason is not None:
                 self._finish(row, update, outbox)
             else:
                 keep.append(i)
@@ -411,63 +376,77 @@ class Engine:
         self._publish(outbox)  # hand the tokens over before the step: lower latency
         outbox.clear()
         self.steps += 1
-        self.tokens += len(slot.rows)
-        if len(keep) < len(slot.rows):
-            self._drop(slot, [slot.rows[i] for i in keep], keep)
-            tokens = tokens[torch.tensor(keep, dtype=torch.long)] if keep else tokens[:0]
-        if not slot.rows:
-            return
+        self.tokens += len(rows)
+        if len(keep) < len(rows):
+            index = self._drop_rows(slot, keep)
+            if index is None:
+                return
+            tokens = tokens.index_select(0, index)
         with slot.autocast():  # RNNLM.step picks its own kernels per batch size
-            slot.logits, slot.state = slot.model.step(tokens.to(slot.device), slot.state)
+            slot.logits, slot.state = slot.model.step(tokens, slot.state)
 
-    def _join(self, slot: _Slot, rows: List[_Row]) -> None:
-        """Prefill the prompts of ``rows`` as one padded batch and add them to the batch."""
-        lengths = torch.tensor([len(r.ids) for r in rows])
-        idx = torch.full((len(rows), int(lengths.max())), PAD_ID, dtype=torch.long)
-        for i, r in enumerate(rows):
-            idx[i, : len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
+    def _join(self, slot: _Slot, rows: List[_Row], outbox: List[Tuple[_Row, Update]]) -> None:
+        """Prefill the prompts of ``rows`` and add them to the batch.
+
+        Rows with and without a condition never share a model's batch: the
+        two kinds are prefilled apart, and a kind that differs from the rows
+        already running (or whose start or prefill fails, e.g. a condition
+        for a model that takes none) ends with an error; the others go on.
+        """
+        kinds: Dict[bool, List[_Row]] = {}
+        for row in rows:
+            kinds.setdefault(row.condition is not None, []).append(row)
+        for conditioned, group in kinds.items():
+            if slot.rows and conditioned != slot.conditioned:
+                have = "with" if slot.conditioned else "without"
+                self._fail_rows(group, "rows with and without a condition cannot share a model: this model is "
+                                       f"generating rows {have} one", outbox)
+                continue
+            try:
+                logits, state = self._prefill(slot, group, conditioned)
+            except Exception as e:
+                if not isinstance(e, GenrnnError):
+                    log.exception("prefill failed on model %s", slot.name)
+                message = str(e) if isinstance(e, GenrnnError) else f"generation failed: {type(e).__name__}: {e}"
+                self._fail_rows(group, message, outbox)
+                continue
+            if slot.rows:
+                slot.logits = torch.cat([slot.logits, logits])
+                slot.state = states.cat_rows(slot.state, state)
+            else:
+                slot.logits, slot.state = logits, state
+            slot.rows = slot.rows + group
+            slot.conditioned = conditioned
+            slot.sampler.add([r.sampling for r in group])
+            for row in group:
+                row.condition = None  # the state carries what the model needs of it
+
+    def _prefill(self, slot: _Slot, rows: List[_Row], conditioned: bool):
+        idx, lengths = padded_prompts([r.ids for r in rows])
+        condition = torch.stack([r.condition for r in rows]).to(slot.device) if conditioned else None
         with slot.autocast():
-            logits, state = slot.model.prefill(idx.to(slot.device), lengths, None)
-        if slot.rows:
-            slot.logits = torch.cat([slot.logits, logits])
-            slot.state = cat_states(slot.state, state)
-        else:
-            slot.logits, slot.state = logits, state
-        slot.rows = slot.rows + rows
-        slot.settings = None
+            start = states.start(slot.model, condition)
+            return slot.model.prefill(idx.to(slot.device), lengths, start)
 
-    def _drop(self, slot: _Slot, keep_rows: List[_Row], keep: Optional[List[int]] = None) -> None:
-        """Keep only ``keep_rows`` (positions ``keep`` in the batch) in the batch."""
-        if len(keep_rows) == len(slot.rows):
-            return
-        if keep is None:
-            kept = set(map(id, keep_rows))
-            keep = [i for i, r in enumerate(slot.rows) if id(r) in kept]
-        slot.rows = keep_rows
-        slot.settings = None
-        if not keep_rows:
-            slot.logits, slot.state = None, None
-            return
+    def _drop_rows(self, slot: _Slot, keep: List[int]) -> Optional[torch.Tensor]:
+        """Keep only the rows at positions ``keep``; their index tensor, or None
+        when nothing changes or no row is left (then the batch is reset)."""
+        if len(keep) == len(slot.rows):
+            return None
+        if not keep:
+            slot.reset()
+            return None
         index = torch.tensor(keep, dtype=torch.long, device=slot.device)
+        slot.rows = [slot.rows[i] for i in keep]
         slot.logits = slot.logits.index_select(0, index) if slot.logits is not None else None
-        slot.state = map_state(lambda s: s.index_select(1, index), slot.state)
+        slot.state = states.select_rows(slot.state, index)
+        slot.sampler.keep(keep, index)
+        return index
 
-    def _sample(self, slot: _Slot) -> Tuple[torch.Tensor, Optional[List[Any]]]:
-        """The next token of every row (CPU tensor), and the logprobs rows asked for."""
+    def _logprobs(self, slot: _Slot, tokens: torch.Tensor) -> List[Any]:
+        """(logprob of the drawn token, the top alternatives) for the rows that asked."""
         rows, dev = slot.rows, slot.device
-        if slot.settings is None:
-            slot.settings = (
-                torch.tensor([r.greedy for r in rows], device=dev),
-                torch.tensor([r.params.temperature for r in rows], device=dev),
-                torch.tensor([r.params.top_k or 0 for r in rows], dtype=torch.long, device=dev),
-                torch.tensor([1.0 if r.params.top_p is None else r.params.top_p for r in rows], device=dev),
-            )
-        greedy, temperature, top_k, top_p = slot.settings
-        uniforms = torch.tensor([0.0 if r.greedy else r.uniform() for r in rows], device=dev)
-        tokens = sample_rows(slot.logits, temperature, top_k, top_p, greedy, uniforms)
         wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
-        if not wanted:
-            return tokens.cpu(), None
         which = torch.tensor(wanted, dtype=torch.long, device=dev)
         lsm = torch.log_softmax(slot.logits.index_select(0, which).float(), dim=-1)
         chosen = lsm.gather(1, tokens.index_select(0, which).reshape(-1, 1)).reshape(-1).tolist()
@@ -479,7 +458,7 @@ class Engine:
             n = rows[i].params.logprobs
             top = {slot.tokenizer.token_str(t): _finite(v) for t, v in zip(top_ids[j][:n], top_values[j][:n])}
             logprobs[i] = (_finite(chosen[j]), top)
-        return tokens.cpu(), logprobs
+        return logprobs
 
     def _finish(self, row: _Row, update: Optional[Update], outbox: List[Tuple[_Row, Update]]) -> None:
         row.done = True
@@ -487,39 +466,49 @@ class Engine:
         if not row.ticket.cancelled and update is not None:
             outbox.append((row, update))
 
+    def _fail_rows(self, rows: Sequence[_Row], message: str, outbox: List[Tuple[_Row, Update]]) -> None:
+        for row in rows:
+            if not row.done:
+                self._finish(row, Update(row.index, finish_reason="error", completion_tokens=row.count,
+                                         error=message), outbox)
+
     def _fail(self, slot: _Slot, joining: List[_Row], message: str, outbox: List[Tuple[_Row, Update]]) -> None:
         """End every row of ``slot`` (and those joining) with an error; start afresh."""
         seen = set()
+        rows = []
         for row in slot.rows + joining:
-            if id(row) in seen or row.done:
-                continue
-            seen.add(id(row))
-            self._finish(row, Update(row.index, finish_reason="error", completion_tokens=row.count, error=message),
-                         outbox)
-        slot.rows, slot.logits, slot.state, slot.settings = [], None, None, None
+            if id(row) not in seen:
+                seen.add(id(row))
+                rows.append(row)
+        self._fail_rows(rows, message, outbox)
+        slot.reset()
 
     def _publish(self, outbox: List[Tuple[_Row, Update]]) -> None:
-        """Hand each sink its updates: one call per event loop, whatever the number of rows."""
+        """Hand the updates over: to a loop's mailbox, or to a thread sink at once."""
         if not outbox:
             return
+        by_loop: Dict[int, Tuple[Any, List[Tuple[Any, Update]]]] = {}
         by_sink: Dict[int, Tuple[Any, List[Update]]] = {}
         for row, update in outbox:
-            if row.ticket.cancelled:
+            ticket = row.ticket
+            if ticket.cancelled:
                 continue
-            sink = row.ticket.sink
-            by_sink.setdefault(id(sink), (sink, []))[1].append(update)
-        by_loop: Dict[int, Tuple[Any, list]] = {}
-        for sink, updates in by_sink.values():
+            sink = ticket.sink
             loop = getattr(sink, "loop", None)
             if loop is None:
-                sink.deliver(updates)
+                by_sink.setdefault(id(sink), (sink, []))[1].append(update)
             else:
-                by_loop.setdefault(id(loop), (loop, []))[1].append((sink, updates))
-        for loop, items in by_loop.values():
+                by_loop.setdefault(id(loop), (loop, []))[1].append((sink, update))
+        for sink, updates in by_sink.values():
+            sink.deliver(updates)
+        for key, (loop, items) in by_loop.items():
+            mailbox = self._mailboxes.get(key)
+            if mailbox is None or mailbox.loop is not loop:
+                mailbox = self._mailboxes[key] = _Mailbox(loop)
             try:
-                loop.call_soon_threadsafe(_deliver_all, items)
+                mailbox.post(items)
             except RuntimeError:  # the loop is closed: the server is going down
-                pass
+                del self._mailboxes[key]
 
     def _shutdown(self) -> None:
         outbox: List[Tuple[_Row, Update]] = []
@@ -531,13 +520,8 @@ class Engine:
                     if not row.done:
                         self._finish(row, Update(row.index, finish_reason="cancelled", completion_tokens=row.count,
                                                  error="the server is shutting down"), outbox)
-                slot.rows, slot.logits, slot.state, slot.settings = [], None, None, None
+                slot.reset()
         self._publish(outbox)
-
-
-def _deliver_all(items) -> None:
-    for sink, updates in items:
-        sink.deliver(updates)
 
 
 def _finite(x: float) -> float:
