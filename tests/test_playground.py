@@ -1,20 +1,27 @@
 """The web playground in a real browser: headless Chromium driven by Selenium.
 
 Uses Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them);
-skips with the reason where they or selenium are missing. The model is a
+skips with the reason where they or selenium are missing. The plain model is a
 barely trained 2x256 LSTM (40 steps, a second or two): its text is poor, but a
 step costs what a real model's does, so a long generation takes long enough to
-watch it stream in, and it has learnt that <eos> is rare. Screenshots go to ``$GENRNN_TEST_ARTIFACTS`` (default
-``test-artifacts/`` at the repository root).
+watch it stream in, and it has learnt that <eos> is rare. The conditioned
+models are 1x48 LSTMs trained here on data drawn here (as in
+test_conditions.py): one sentence per label (a label, or a one-hot vector of
+it, picks the sentence), and coloured squares captioned with their colour.
+Screenshots go to ``$GENRNN_TEST_ARTIFACTS`` (default ``test-artifacts/`` at
+the repository root).
 """
 
 from __future__ import annotations
 
+import base64
+import csv
 import os
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'genrnn[serve]'")
@@ -27,6 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SWEEP = ["0.3", "0.8", "1", "1.3", "1.8"]
+FRUIT = {"a": "apples are red", "b": "bananas are yellow", "c": "cherries are dark"}
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
+SMALL = dict(hidden_size=48, num_layers=1, embedding_size=16, batch_size=16, sample_every=0, eval_every=1000,
+             condition_dim=16, device="cpu")
 
 
 def artifacts_dir() -> Path:
@@ -36,13 +47,97 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def hamlet(tmp_path_factory):
     root = tmp_path_factory.mktemp("playground")
     text = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 40
     (root / "text.txt").write_text(text)
-    run = genrnn.train(root / "text.txt", out=root / "run", max_steps=40, seq_len=32, batch_size=4,
-                       sample_every=0, eval_every=1000, device="cpu")
-    with BackgroundServer(create_app({"hamlet": run}, Limits())) as srv:
+    return genrnn.train(root / "text.txt", out=root / "run", max_steps=40, seq_len=32, batch_size=4,
+                        sample_every=0, eval_every=1000, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(hamlet):
+    with BackgroundServer(create_app({"hamlet": hamlet}, Limits())) as srv:
+        yield srv
+
+
+def write_table(path: Path, rows, header) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fruit_runs(tmp_path_factory):
+    """Two runs on one table: one from the label column, one from a one-hot vector of it."""
+    import torch
+
+    root = tmp_path_factory.mktemp("fruit")
+    labels = np.random.default_rng(0).choice(list(FRUIT), 240)
+    table = write_table(root / "fruit.csv", [(l, FRUIT[l]) for l in labels], ("label", "text"))
+    np.save(root / "onehot.npy", np.eye(3, dtype=np.float32)[[list(FRUIT).index(l) for l in labels]])
+    torch.manual_seed(0)
+    fruit = genrnn.train(table, fields=["text"], condition_field="label", out=root / "fruit", max_steps=120,
+                         lr=0.02, **SMALL)
+    torch.manual_seed(0)
+    onehot = genrnn.train(table, fields=["text"], condition_vectors=root / "onehot.npy", out=root / "onehot",
+                          max_steps=120, lr=0.02, **SMALL)
+    return fruit, onehot
+
+
+@pytest.fixture(scope="module")
+def labels_server(hamlet, fruit_runs):
+    """A plain model (the default), a label-conditioned one and a vector-conditioned one."""
+    fruit, onehot = fruit_runs
+    with BackgroundServer(create_app({"hamlet": hamlet.run_dir, "fruit": fruit.run_dir, "onehot": onehot.run_dir},
+                                     Limits())) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory):
+    """Squares of a size and place not in the training data, and a file that is no image."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("probes")
+    paths = {}
+    for name, rgb in COLOURS.items():
+        pixels = np.full((64, 64, 3), 255, np.uint8)
+        pixels[20:48, 10:38] = rgb
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+        paths[name] = folder / f"{name}.png"
+    (folder / "notes.txt").write_text("these are notes, not an image\n")
+    paths["notes"] = folder / "notes.txt"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def captions_server(hamlet, fruit_runs, tmp_path_factory):
+    """The plain model, the label model and a captioner of coloured squares (its
+    CNN needs about 300 steps to tell red, green and blue apart: ~15 s)."""
+    import torch
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("squares")
+    (folder / "img").mkdir()
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(90):
+        name = list(COLOURS)[i % 3]
+        side = int(rng.integers(16, 40))
+        x, y = rng.integers(0, 64 - side, 2)
+        pixels = np.full((64, 64, 3), 255, np.uint8)
+        pixels[y : y + side, x : x + side] = COLOURS[name]
+        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
+        rows.append((f"img/{i}.png", f"a {name} square"))
+    table = write_table(folder / "captions.csv", rows, ("image", "caption"))
+    torch.manual_seed(0)
+    squares = genrnn.train(table, fields=["caption"], image_field="image", out=folder / "run", max_steps=300,
+                           lr=0.003, **SMALL)
+    with BackgroundServer(create_app({"hamlet": hamlet.run_dir, "fruit": fruit_runs[0].run_dir,
+                                      "squares": squares}, Limits())) as srv:
         yield srv
 
 
@@ -85,6 +180,57 @@ def set_value(driver, element_id: str, value: str) -> None:
     element = driver.find_element("id", element_id)
     element.clear()
     element.send_keys(value)
+
+
+def hidden(driver, element_id: str) -> bool:
+    return not driver.find_element("id", element_id).is_displayed()
+
+
+def error_hidden(driver) -> bool:
+    return driver.find_element("id", "error").get_attribute("hidden") is not None
+
+
+def choose(driver, select_id: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element("id", select_id)).select_by_value(value)
+
+
+def open_model(driver, srv, model: str, models: int) -> None:
+    driver.get(srv.url + "/")
+    wait_for(driver, f"return document.getElementById('model').options.length === {models}")
+    choose(driver, "model", model)
+
+
+def greedy(driver) -> None:
+    """The temperature slider to 0, as a keyboard user would."""
+    from selenium.webdriver.common.keys import Keys
+
+    driver.find_element("id", "temperature").send_keys(Keys.HOME)
+    assert driver.find_element("id", "temperature-value").text == "0.00"
+
+
+def record_requests(driver) -> None:
+    """Keep the JSON body of every fetch() the page makes in window.sent."""
+    js(driver, "window.sent = []; const f = window.fetch; window.fetch = (url, opts) => { "
+               "if (opts && opts.body) window.sent.push([String(url), JSON.parse(opts.body)]); return f(url, opts); };")
+
+
+def captions_done(driver, count: int):
+    """The captions shown, once `count` are there and none is pending: [[state, text], ...]."""
+    wait_for(driver, f"const items = [...document.querySelectorAll('#captions .caption-item')]; "
+                     f"return items.length === {count} && items.every(i => i.dataset.state !== 'pending')")
+    return js(driver, "return [...document.querySelectorAll('#captions .caption-item')]"
+                      ".map(i => [i.dataset.state, i.querySelector('.caption-text').textContent])")
+
+
+def api_captions(srv, *paths: Path, **options):
+    """What POST /v1/captions answers for the same files (base64 JSON), as the page asks."""
+    import httpx
+
+    body = {"model": "squares", "image": [base64.b64encode(p.read_bytes()).decode() for p in paths],
+            "max_tokens": 300, "temperature": 0, **options}
+    return httpx.post(srv.url + "/v1/captions", json=body, timeout=60)
 
 
 def test_generate_streams_text_in(server, browser):
@@ -143,3 +289,170 @@ def test_bad_settings_show_the_servers_error(server, browser):
     browser.find_element("id", "generate").click()
     message = wait_for(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent")
     assert "max_tokens" in message
+
+
+# -- conditioned models --------------------------------------------------------------------
+
+
+def test_label_picker_picks_the_sentence(labels_server, browser):
+    open_model(browser, labels_server, "hamlet", 3)
+    assert not hidden(browser, "model-picker")
+    assert hidden(browser, "condition-box") and hidden(browser, "tab-labels")  # a plain model: no picker
+    choose(browser, "model", "fruit")
+    assert not hidden(browser, "condition-box") and hidden(browser, "vector-box")
+    assert browser.find_element("css selector", "label[for=condition]").text == "Label"
+    options = js(browser, "return [...document.getElementById('condition').options].map(o => [o.value, o.text])")
+    assert options == [["a", "a"], ["b", "b"], ["c", "c"], ["", "each label, side by side"]]
+    greedy(browser)
+    set_value(browser, "max-tokens", "60")
+    record_requests(browser)
+    for label, sentence in FRUIT.items():
+        choose(browser, "condition", label)
+        browser.find_element("id", "generate").click()
+        wait_for(browser, "return document.getElementById('stop').disabled && "
+                          "document.getElementById('stats').textContent.includes('end of text')")
+        assert js(browser, "return document.getElementById('output-text').textContent") == sentence
+    assert [body["condition"] for _, body in js(browser, "return window.sent")] == list(FRUIT)
+    assert error_hidden(browser)
+    browser.save_screenshot(str(artifacts_dir() / "playground-label.png"))
+    choose(browser, "model", "hamlet")  # and away again
+    assert hidden(browser, "condition-box")
+
+
+def test_each_label_side_by_side_and_a_sweep_of_one_label(labels_server, browser):
+    open_model(browser, labels_server, "fruit", 3)
+    greedy(browser)
+    set_value(browser, "max-tokens", "60")
+    choose(browser, "condition", "")  # each label
+    assert not browser.find_element("id", "sweep").is_enabled()  # the sweep takes one label
+    browser.find_element("id", "generate").click()
+    wait_for(browser, "return !document.getElementById('labels-view').hidden && "
+                      "document.getElementById('label-stats').textContent.startsWith('3 labels in')")
+    panels = browser.find_elements("css selector", "#label-panels .label-panel")
+    assert [p.get_attribute("data-label") for p in panels] == list(FRUIT)
+    texts = [js(browser, f"return document.querySelector('#label-text-{i} .generated').textContent") for i in range(3)]
+    assert texts == list(FRUIT.values())
+    assert error_hidden(browser)
+    browser.save_screenshot(str(artifacts_dir() / "playground-each-label.png"))
+
+    choose(browser, "condition", "b")
+    set_value(browser, "seed", "3")
+    record_requests(browser)
+    browser.find_element("id", "sweep").click()
+    wait_for(browser, "return !document.getElementById('sweep').disabled && "
+                      "document.getElementById('sweep-stats').textContent.startsWith('five streams in')")
+    sent = js(browser, "return window.sent")
+    assert sorted((b["temperature"], b["condition"]) for _, b in sent) == [(t, "b") for t in [0.3, 0.8, 1, 1.3, 1.8]]
+    assert all(js(browser, f"return document.querySelector('#sweep-text-{i} .generated').textContent")
+               for i in range(5))
+    assert error_hidden(browser)
+
+
+def test_a_vector_condition_and_its_errors(labels_server, browser):
+    open_model(browser, labels_server, "onehot", 3)
+    assert hidden(browser, "condition-box") and not hidden(browser, "vector-box")
+    assert browser.find_element("id", "vector-size").text == "3 numbers"
+    greedy(browser)
+    set_value(browser, "max-tokens", "60")
+    set_value(browser, "condition-vector", "0, 0, 1")
+    browser.find_element("id", "generate").click()
+    wait_for(browser, "return document.getElementById('stats').textContent.includes('end of text')")
+    assert js(browser, "return document.getElementById('output-text').textContent") == FRUIT["c"]
+    set_value(browser, "condition-vector", "0 1")  # the server checks the width
+    browser.find_element("id", "generate").click()
+    message = wait_for(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent")
+    assert "width 3" in message
+    set_value(browser, "condition-vector", "0, one, 0")  # the page checks the numbers
+    browser.find_element("id", "generate").click()
+    assert "must be numbers" in wait_for(browser, "const e = document.getElementById('error'); "
+                                                  "return !e.hidden && e.textContent")
+
+
+# -- a captioner ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_captioner_gets_a_drop_zone_and_captions_chosen_files(captions_server, browser, probes):
+    from selenium.webdriver.common.keys import Keys
+
+    open_model(browser, captions_server, "squares", 3)
+    for gone in ("prompt-box", "generate", "sweep", "top-p", "top-k", "condition-box", "tab-single", "tab-sweep"):
+        assert hidden(browser, gone), gone
+    zone = browser.find_element("id", "drop-zone")
+    assert zone.is_displayed() and zone.text == "Drop an image here, or click to choose one"
+    assert zone.get_attribute("tabindex") == "0" and zone.get_attribute("role") == "button"
+    assert not hidden(browser, "captions-view")
+    assert browser.find_element("id", "temperature-value").text == "0.00"  # captions start greedy
+
+    # The keyboard: Enter and Space on the focused zone open the file chooser.
+    js(browser, "window.opened = 0; document.getElementById('image-file').click = () => { window.opened++; };")
+    zone.send_keys(Keys.ENTER)
+    zone.send_keys(Keys.SPACE)
+    assert js(browser, "return document.activeElement.id") == "drop-zone"
+    assert js(browser, "return window.opened") == 2
+    zone.click()
+    assert js(browser, "return window.opened") == 3
+    js(browser, "delete document.getElementById('image-file').click;")
+
+    chooser = browser.find_element("id", "image-file")
+    chooser.send_keys(str(probes["red"]))
+    shown = captions_done(browser, 1)
+    api = api_captions(captions_server, probes["red"])
+    assert api.status_code == 200, api.text
+    assert shown == [["done", api.json()["captions"][0]["text"]]]
+    assert shown[0][1] == "a red square"
+    assert js(browser, "return document.querySelector('#caption-0 .caption-image').naturalWidth") == 64  # previewed
+
+    chooser.send_keys(f"{probes['green']}\n{probes['blue']}")  # several files, several captions
+    shown = captions_done(browser, 3)
+    api = api_captions(captions_server, probes["green"], probes["blue"])
+    assert [text for _, text in shown[1:]] == [c["text"] for c in api.json()["captions"]]
+    assert [text for _, text in shown] == ["a red square", "a green square", "a blue square"]
+    assert error_hidden(browser)
+    browser.save_screenshot(str(artifacts_dir() / "playground-caption.png"))
+
+    choose(browser, "model", "fruit")  # a text model again: the prompt is back, the drop zone gone
+    assert hidden(browser, "image-box") and not hidden(browser, "prompt-box") and not hidden(browser, "condition-box")
+    assert not hidden(browser, "single-view")
+    assert browser.find_element("id", "temperature-value").text == "0.80"  # the text temperature back
+    choose(browser, "model", "squares")
+    assert len(browser.find_elements("css selector", "#captions .caption-item")) == 3
+
+
+@pytest.mark.slow
+def test_a_dropped_image_is_captioned(captions_server, browser, probes):
+    open_model(browser, captions_server, "squares", 3)
+    lit, taken = js(browser, """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], "blue.png", { type: "image/png" }));
+        const zone = document.getElementById("drop-zone");
+        zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: data, bubbles: true, cancelable: true }));
+        const lit = zone.classList.contains("dragover");
+        const drop = new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true });
+        zone.dispatchEvent(drop);
+        return [lit, drop.defaultPrevented];
+    """.replace("arguments[0]", repr(base64.b64encode(probes["blue"].read_bytes()).decode())))
+    assert lit and taken
+    shown = captions_done(browser, 1)
+    assert shown == [["done", api_captions(captions_server, probes["blue"]).json()["captions"][0]["text"]]]
+    assert shown[0][1] == "a blue square"
+    assert "blue.png" in browser.find_element("css selector", "#caption-0 .caption-file").text
+
+
+@pytest.mark.slow
+def test_a_file_that_is_no_image_shows_the_servers_error(captions_server, browser, probes):
+    open_model(browser, captions_server, "squares", 3)
+    browser.find_element("id", "image-file").send_keys(str(probes["notes"]))
+    message = wait_for(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent")
+    api = api_captions(captions_server, probes["notes"])
+    assert api.status_code == 400
+    expected = api.json()["error"]["message"]
+    assert "not an image" in expected
+    assert message == f"notes.txt: {expected}"
+    assert captions_done(browser, 1) == [["error", expected]]
+    browser.save_screenshot(str(artifacts_dir() / "playground-caption-error.png"))
+    # a good image after it clears the error
+    browser.find_element("id", "image-file").send_keys(str(probes["green"]))
+    assert captions_done(browser, 2)[1] == ["done", "a green square"]
+    assert error_hidden(browser)

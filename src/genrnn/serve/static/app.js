@@ -1,12 +1,21 @@
 // genrnn playground: plain JavaScript, no build step.
 // Text streams in through fetch() + ReadableStream on the server-sent events of
-// POST /v1/completions (EventSource cannot POST).
+// POST /v1/completions (EventSource cannot POST). A label-conditioned model
+// gets a label picker (its label goes out as `condition`); a captioner gets an
+// image drop zone, and its images go to POST /v1/captions as base64 JSON.
 "use strict";
 
 const SWEEP = [0.3, 0.8, 1.0, 1.3, 1.8];
+const SWEEP_TITLE = "The same prompt at temperatures 0.3, 0.8, 1.0, 1.3 and 1.8";
+const CAPTION_WORKERS = 4; // caption requests in flight at once (the server batches them)
+const VIEWS = ["single", "sweep", "labels", "captions"];
 const $ = (id) => document.getElementById(id);
 let apiKey = localStorage.getItem("genrnn-api-key") || "";
 let running = null; // the AbortController of what is generating now
+let models = new Map(); // id -> model card
+let mode = "text"; // "text", or "image" for a captioner
+const temperatures = { text: null, image: "0" }; // the slider of each mode: captions default to greedy
+let captionCount = 0;
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -24,6 +33,37 @@ function setStatus(text) {
   $("status").textContent = text;
 }
 
+async function errorOf(res) {
+  const err = await res.json().catch(() => null);
+  return new Error((err && err.error && err.error.message) || "HTTP " + res.status);
+}
+
+// -- models ---------------------------------------------------------------------------
+
+function conditionOf(card) {
+  return (card && card.genrnn && card.genrnn.condition) || null;
+}
+
+function current() {
+  return models.get($("model").value) || models.values().next().value || null;
+}
+
+function kind() {
+  const c = conditionOf(current());
+  return c ? c.kind : null;
+}
+
+function describeModel(card) {
+  const g = card.genrnn || {};
+  const net = g.hidden_size
+    ? `${g.num_layers}x${g.hidden_size} ${String(g.cell || g.type).toUpperCase()}`
+    : String(g.type);
+  const c = g.condition;
+  const cond = !c ? "" : c.kind === "label" ? `, from ${c.size} labels`
+    : c.kind === "vector" ? `, from a vector of ${c.size}` : `, captions images (${c.size} px)`;
+  return `${net}, ${g.tokenizer} tokens${cond}`;
+}
+
 async function loadModels() {
   const res = await fetch("/v1/models", { headers: headers() });
   if (res.status === 401) {
@@ -34,24 +74,102 @@ async function loadModels() {
   if (!res.ok) throw new Error("could not list the models: HTTP " + res.status);
   const { data } = await res.json();
   const select = $("model");
+  const before = select.value;
+  models = new Map(data.map((m) => [m.id, m]));
   select.replaceChildren(...data.map((m) => {
     const opt = document.createElement("option");
-    const g = m.genrnn || {};
     opt.value = m.id;
     opt.textContent = m.id;
-    opt.title = `${g.num_layers}x${g.hidden_size} ${String(g.cell || g.type).toUpperCase()}, ${g.tokenizer} tokens`;
+    opt.title = describeModel(m);
     return opt;
   }));
+  if (models.has(before)) select.value = before;
   $("model-picker").hidden = data.length < 2;
-  const first = data[0] && data[0].genrnn;
-  setStatus(data.length === 1 && first
-    ? `${data[0].id}: ${first.num_layers}x${first.hidden_size} ${String(first.cell || first.type).toUpperCase()}, ${first.tokenizer} tokens`
-    : `${data.length} models`);
+  applyModel(true);
   const health = await fetch("/healthz").then((r) => r.json()).catch(() => null);
   if (health && health.limits) $("max-tokens").max = health.limits.max_tokens;
 }
 
-function settings(temperature) {
+// Show the controls the selected model takes: a label picker, a vector, or
+// (a captioner) the drop zone instead of the prompt.
+function applyModel(reloaded) {
+  const card = current();
+  if (!card) return;
+  setStatus(`${card.id}: ${describeModel(card)}`);
+  const c = conditionOf(card);
+  const labelled = !!c && c.kind === "label";
+  const captioner = !!c && c.kind === "image";
+  $("condition-box").hidden = !labelled;
+  $("tab-labels").hidden = !labelled;
+  if (labelled) fillLabels(c, reloaded);
+  $("vector-box").hidden = !(c && c.kind === "vector");
+  if (c && c.kind === "vector") $("vector-size").textContent = `${c.size} numbers`;
+  setMode(captioner ? "image" : "text");
+  const showing = VIEWS.find((v) => !$(`${v}-view`).hidden);
+  if (captioner) showView("captions");
+  else if (showing === "captions" || (showing === "labels" && !labelled)) showView("single");
+  updateButtons();
+}
+
+function fillLabels(c, reloaded) {
+  const select = $("condition");
+  const key = JSON.stringify(c.labels);
+  const same = select.dataset.labels === key;
+  if (same && !reloaded) return; // the same labels as before: keep the choice
+  const before = select.value;
+  const options = c.labels.map((name, i) => {
+    const opt = document.createElement("option");
+    opt.value = name;
+    const value = c.values && c.values[i];
+    opt.textContent = value !== undefined && value !== name ? `${name} (${value})` : name;
+    return opt;
+  });
+  const each = document.createElement("option");
+  each.value = "";
+  each.dataset.each = "true";
+  each.textContent = "each label, side by side";
+  select.replaceChildren(...options, each);
+  select.dataset.labels = key;
+  if (same) select.value = before;
+}
+
+function eachLabel() {
+  if (kind() !== "label") return false;
+  const opt = $("condition").selectedOptions[0];
+  return !!opt && opt.dataset.each === "true";
+}
+
+function setMode(next) {
+  if (next === mode) return;
+  const slider = $("temperature");
+  temperatures[mode] = slider.value;
+  if (temperatures[next] !== null) slider.value = temperatures[next];
+  slider.dispatchEvent(new Event("input"));
+  mode = next;
+  const captioner = mode === "image";
+  for (const el of document.querySelectorAll(".text-only")) el.hidden = captioner;
+  for (const el of document.querySelectorAll(".image-only")) el.hidden = !captioner;
+}
+
+// -- completions ------------------------------------------------------------------------
+
+// The condition a request sends: `label` where given, else what the page shows.
+function condition(label) {
+  const k = kind();
+  if (k === "label") return label ?? (eachLabel() ? undefined : $("condition").value);
+  if (k === "vector") {
+    const text = $("condition-vector").value.trim();
+    if (text === "") return undefined; // the server says what it needs
+    const numbers = text.split(/[\s,;]+/).filter(Boolean).map(Number);
+    if (numbers.some((x) => !Number.isFinite(x))) {
+      throw new Error("the condition vector must be numbers, separated by commas or spaces");
+    }
+    return numbers;
+  }
+  return undefined;
+}
+
+function settings(temperature, label) {
   const body = {
     model: $("model").value || undefined,
     prompt: $("prompt").value,
@@ -65,6 +183,8 @@ function settings(temperature) {
   if (topK > 0) body.top_k = topK;
   const seed = $("seed").value.trim();
   if (seed !== "") body.seed = parseInt(seed, 10);
+  const cond = condition(label);
+  if (cond !== undefined) body.condition = cond;
   return body;
 }
 
@@ -72,10 +192,7 @@ function settings(temperature) {
 // {finish, tokens} at the end of the stream.
 async function streamCompletion(body, onText, signal) {
   const res = await fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
-  if (!res.ok) {
-    const err = await res.json().catch(() => null);
-    throw new Error((err && err.error && err.error.message) || "HTTP " + res.status);
-  }
+  if (!res.ok) throw await errorOf(res);
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -110,44 +227,55 @@ function describe(result, seconds) {
   return `${result.tokens ?? "?"} tokens in ${seconds.toFixed(2)} s${rate} — ${why}`;
 }
 
+function updateButtons() {
+  const busy = running !== null;
+  const each = eachLabel();
+  $("stop").disabled = !busy;
+  $("generate").disabled = busy;
+  $("sweep").disabled = busy || each;
+  $("sweep").title = each ? "Choose one label for the temperature sweep" : SWEEP_TITLE;
+}
+
 function begin() {
   if (running) running.abort();
   running = new AbortController();
   showError("");
-  $("stop").disabled = false;
-  $("generate").disabled = true;
-  $("sweep").disabled = true;
+  updateButtons();
   return running;
 }
 
 function end(controller) {
   if (running !== controller) return;
   running = null;
-  $("stop").disabled = true;
-  $("generate").disabled = false;
-  $("sweep").disabled = false;
+  updateButtons();
 }
 
 function showView(name) {
-  const single = name === "single";
-  $("single-view").hidden = !single;
-  $("sweep-view").hidden = single;
-  $("tab-single").classList.toggle("active", single);
-  $("tab-sweep").classList.toggle("active", !single);
+  for (const v of VIEWS) {
+    const on = v === name;
+    $(`${v}-view`).hidden = !on;
+    const tab = $(`tab-${v}`);
+    tab.classList.toggle("active", on);
+    tab.setAttribute("aria-selected", String(on));
+  }
 }
 
 async function generate() {
+  if (mode !== "text") return;
+  if (eachLabel()) return everyLabel();
+  let body;
+  try { body = settings(); } catch (e) { showError(e.message); return; }
   const controller = begin();
   showView("single");
   const out = $("output-text");
   const pre = $("output");
-  $("output-prompt").textContent = $("prompt").value;
+  $("output-prompt").textContent = body.prompt;
   out.textContent = "";
   $("stats").textContent = "generating…";
   pre.classList.add("running");
   const started = performance.now();
   try {
-    const result = await streamCompletion(settings(), (piece) => {
+    const result = await streamCompletion(body, (piece) => {
       out.textContent += piece;
       pre.scrollTop = pre.scrollHeight;
     }, controller.signal);
@@ -161,48 +289,237 @@ async function generate() {
   }
 }
 
-function buildPanels() {
-  $("sweep-panels").replaceChildren(...SWEEP.map((t, i) => {
+// Panels side by side: `prefix`-panel-i with its `prefix`-text-i and `prefix`-stats-i.
+function buildPanels(prefix, items) {
+  $(`${prefix}-panels`).replaceChildren(...items.map((item, i) => {
     const panel = document.createElement("div");
-    panel.className = "panel sweep-panel";
-    panel.id = `sweep-panel-${i}`;
-    panel.dataset.temperature = String(t);
-    panel.innerHTML = `<h3>T = ${t.toFixed(1)} <small id="sweep-stats-${i}"></small></h3>` +
-      `<pre class="text" id="sweep-text-${i}"><span class="prompt-text"></span><span class="generated"></span></pre>`;
+    panel.className = `panel ${prefix}-panel`;
+    panel.id = `${prefix}-panel-${i}`;
+    Object.assign(panel.dataset, item.data);
+    const title = document.createElement("h3");
+    const small = document.createElement("small");
+    small.id = `${prefix}-stats-${i}`;
+    const name = document.createElement("span");
+    name.textContent = item.title;
+    title.append(name, small);
+    const pre = document.createElement("pre");
+    pre.className = "text";
+    pre.id = `${prefix}-text-${i}`;
+    const prompt = document.createElement("span");
+    prompt.className = "prompt-text";
+    const generated = document.createElement("span");
+    generated.className = "generated";
+    pre.append(prompt, generated);
+    panel.append(title, pre);
     return panel;
   }));
 }
 
-async function sweep() {
-  const controller = begin();
-  showView("sweep");
-  buildPanels();
-  $("sweep-stats").textContent = "generating…";
-  const prompt = $("prompt").value;
+// Run one stream per item at once, with one seed for all (so they differ
+// only by what the items change); `done` describes the whole at the end.
+async function sideBySide(view, prefix, statsId, items, done) {
   const seed = $("seed").value.trim() === "" ? Math.floor(Math.random() * 2 ** 31) : undefined;
+  let bodies;
+  try { bodies = items.map((item) => item.body()); } catch (e) { showError(e.message); return; }
+  const controller = begin();
+  showView(view);
+  buildPanels(prefix, items);
+  $(statsId).textContent = "generating…";
   const started = performance.now();
-  const runs = SWEEP.map(async (t, i) => {
-    const pre = $(`sweep-text-${i}`);
+  const runs = items.map(async (item, i) => {
+    const pre = $(`${prefix}-text-${i}`);
     const out = pre.querySelector(".generated");
-    pre.querySelector(".prompt-text").textContent = prompt;
+    const body = bodies[i];
+    pre.querySelector(".prompt-text").textContent = body.prompt;
     pre.classList.add("running");
-    const body = settings(t);
-    if (seed !== undefined) body.seed = seed; // one seed for all five, so they differ by temperature only
+    if (seed !== undefined) body.seed = seed;
     try {
       const result = await streamCompletion(body, (piece) => {
         out.textContent += piece;
         pre.scrollTop = pre.scrollHeight;
       }, controller.signal);
-      $(`sweep-stats-${i}`).textContent = `${result.tokens ?? "?"} tok`;
+      $(`${prefix}-stats-${i}`).textContent = `${result.tokens ?? "?"} tok`;
     } catch (e) {
-      if (e.name !== "AbortError") showError(`T = ${t}: ${e.message}`);
+      if (e.name !== "AbortError") showError(`${item.title}: ${e.message}`);
     } finally {
       pre.classList.remove("running");
     }
   });
   await Promise.all(runs);
-  $("sweep-stats").textContent = `five streams in ${((performance.now() - started) / 1000).toFixed(2)} s`;
+  $(statsId).textContent = `${done} in ${((performance.now() - started) / 1000).toFixed(2)} s`;
   end(controller);
+}
+
+function sweep() {
+  if (mode !== "text" || eachLabel()) return;
+  return sideBySide("sweep", "sweep", "sweep-stats", SWEEP.map((t) => ({
+    title: `T = ${t.toFixed(1)}`,
+    data: { temperature: String(t) },
+    body: () => settings(t), // with the chosen label (or vector), the same for all five
+  })), "five streams");
+}
+
+function everyLabel() {
+  const c = conditionOf(current());
+  return sideBySide("labels", "label", "label-stats", c.labels.map((name) => ({
+    title: name,
+    data: { label: name },
+    body: () => settings(undefined, name),
+  })), `${c.labels.length} labels`);
+}
+
+// -- captions ---------------------------------------------------------------------------
+
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error("could not read the file"));
+    reader.readAsDataURL(file);
+  });
+}
+
+function sizeOf(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  return bytes < 1048576 ? `${(bytes / 1024).toFixed(1)} KB` : `${(bytes / 1048576).toFixed(1)} MB`;
+}
+
+function addCaptionItem(file) {
+  const item = document.createElement("li");
+  item.className = "caption-item";
+  item.id = `caption-${captionCount++}`;
+  item.dataset.state = "pending";
+  const url = URL.createObjectURL(file);
+  item.dataset.url = url;
+  const img = document.createElement("img");
+  img.className = "caption-image";
+  img.alt = file.name;
+  img.addEventListener("error", () => item.classList.add("no-preview"), { once: true });
+  img.src = url;
+  const body = document.createElement("div");
+  body.className = "caption-body";
+  const name = document.createElement("div");
+  name.className = "caption-file";
+  name.textContent = `${file.name} · ${sizeOf(file.size)}`;
+  const text = document.createElement("p");
+  text.className = "caption-text";
+  const stats = document.createElement("div");
+  stats.className = "caption-stats stats";
+  stats.textContent = "captioning…";
+  body.append(name, text, stats);
+  item.append(img, body);
+  $("captions").append(item);
+  $("captions-empty").hidden = true;
+  $("captions-clear").hidden = false;
+  return item;
+}
+
+async function captionOne(file, item) {
+  const text = item.querySelector(".caption-text");
+  const stats = item.querySelector(".caption-stats");
+  const started = performance.now();
+  try {
+    const body = {
+      model: $("model").value || undefined,
+      image: await readAsDataURL(file),
+      max_tokens: Number($("max-tokens").value) || 100,
+      temperature: Number($("temperature").value),
+    };
+    const seed = $("seed").value.trim();
+    if (seed !== "") body.seed = parseInt(seed, 10);
+    const res = await fetch("/v1/captions", { method: "POST", headers: headers(), body: JSON.stringify(body) });
+    if (!res.ok) throw await errorOf(res);
+    const caption = (await res.json()).captions[0];
+    text.textContent = caption.text;
+    item.querySelector(".caption-image").alt = caption.text || file.name;
+    const why = caption.finish_reason === "length" ? "length reached" : "end of text";
+    stats.textContent = `${((performance.now() - started) / 1000).toFixed(2)} s — ${why}`;
+    item.dataset.state = "done";
+    return null;
+  } catch (e) {
+    text.textContent = e.message;
+    stats.textContent = "no caption";
+    item.dataset.state = "error";
+    return `${file.name}: ${e.message}`;
+  }
+}
+
+// Caption files (from a drop, the file chooser or a paste), a few at a time;
+// each caption shows beside its image, and failures in the error area.
+async function captionFiles(fileList) {
+  const files = [...(fileList || [])];
+  if (!files.length || mode !== "image") return;
+  showError("");
+  showView("captions");
+  const items = files.map((file) => [file, addCaptionItem(file)]);
+  items[items.length - 1][1].scrollIntoView({ block: "nearest" });
+  const errors = [];
+  const started = performance.now();
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const [file, item] = items[next++];
+      const error = await captionOne(file, item);
+      if (error) { errors.push(error); showError(errors.join("\n")); }
+    }
+  };
+  $("captions-stats").textContent = "captioning…";
+  await Promise.all(Array.from({ length: Math.min(CAPTION_WORKERS, items.length) }, worker));
+  const n = files.length;
+  const seconds = ((performance.now() - started) / 1000).toFixed(2);
+  $("captions-stats").textContent = `${n} image${n === 1 ? "" : "s"} in ${seconds} s`
+    + (errors.length ? `, ${errors.length} failed` : "");
+}
+
+function clearCaptions() {
+  for (const item of $("captions").children) URL.revokeObjectURL(item.dataset.url);
+  $("captions").replaceChildren();
+  $("captions-empty").hidden = false;
+  $("captions-clear").hidden = true;
+  $("captions-stats").textContent = "";
+  showError("");
+}
+
+function hasFiles(event) {
+  return !!event.dataTransfer && [...(event.dataTransfer.types || [])].includes("Files");
+}
+
+function initDropZone() {
+  const zone = $("drop-zone");
+  const input = $("image-file");
+  let leave = null;
+  zone.addEventListener("click", () => input.click());
+  zone.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") { e.preventDefault(); input.click(); }
+  });
+  input.addEventListener("change", () => {
+    const files = [...input.files];
+    input.value = ""; // the same file again is a new change
+    captionFiles(files);
+  });
+  // The whole page takes a drop while a captioner is selected (a file dropped
+  // elsewhere would otherwise replace the page); the zone lights up.
+  document.addEventListener("dragover", (e) => {
+    if (!hasFiles(e)) return;
+    e.preventDefault();
+    e.dataTransfer.dropEffect = mode === "image" ? "copy" : "none";
+    if (mode !== "image") return;
+    zone.classList.add("dragover");
+    clearTimeout(leave);
+    leave = setTimeout(() => zone.classList.remove("dragover"), 150);
+  });
+  document.addEventListener("drop", (e) => {
+    if (!e.dataTransfer || !e.dataTransfer.files.length) return;
+    e.preventDefault();
+    zone.classList.remove("dragover");
+    captionFiles(e.dataTransfer.files);
+  });
+  document.addEventListener("paste", (e) => {
+    if (mode !== "image" || !e.clipboardData || !e.clipboardData.files.length) return;
+    e.preventDefault();
+    captionFiles(e.clipboardData.files);
+  });
+  $("captions-clear").addEventListener("click", clearCaptions);
 }
 
 function init() {
@@ -217,18 +534,20 @@ function init() {
   $("generate").addEventListener("click", generate);
   $("sweep").addEventListener("click", sweep);
   $("stop").addEventListener("click", () => { if (running) running.abort(); });
-  $("tab-single").addEventListener("click", () => showView("single"));
-  $("tab-sweep").addEventListener("click", () => showView("sweep"));
+  for (const v of VIEWS) $(`tab-${v}`).addEventListener("click", () => showView(v));
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); generate(); }
   });
+  $("model").addEventListener("change", () => { showError(""); applyModel(false); });
+  $("condition").addEventListener("change", updateButtons);
   $("api-key").value = apiKey;
   $("api-key").addEventListener("change", () => {
     apiKey = $("api-key").value.trim();
     localStorage.setItem("genrnn-api-key", apiKey);
     loadModels().catch((e) => showError(e.message));
   });
-  buildPanels();
+  initDropZone();
+  buildPanels("sweep", SWEEP.map((t) => ({ title: `T = ${t.toFixed(1)}`, data: { temperature: String(t) } })));
   loadModels().catch((e) => { setStatus("offline"); showError(e.message); });
 }
 
