@@ -70,12 +70,14 @@ class TrainedModel:
         spec = self.condition
         if spec is None:
             if condition is not None:
-                raise GenrnnError(f"{self.run_dir} takes no condition (it was trained without one)")
+                raise GenrnnError("this model takes no condition (it was trained without one)")
             return None
         if condition is None:
-            what = {"label": f"a label ({', '.join(spec.label_names()[:8])}...)",
+            names = spec.label_names()
+            what = {"label": f"a label ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})",
                     "vector": f"a vector of {spec.size} numbers", "image": "an image"}[spec.kind]
-            raise GenrnnError(f"{self.run_dir} generates from {what}: give one with condition=")
+            raise GenrnnError(f"this model generates from {what}: give one (--condition; condition= in Python "
+                              "and over HTTP)")
         if _is_one(condition, spec.kind):
             values = [condition] * rows
         else:
@@ -106,10 +108,10 @@ class TrainedModel:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if num_samples < 1:
             raise GenrnnError("num_samples must be >= 1")
-        single = self.condition is None or _is_one(condition, self.condition.kind)
+        single = condition is None or self.condition is None or _is_one(condition, self.condition.kind)
         conditions = [condition] if single else list(condition)
         rows = [(p, c) for p in prompts for c in conditions for _ in range(num_samples)]
-        done = self.complete([p for p, _ in rows], condition=None if self.condition is None else [c for _, c in rows],
+        done = self.complete([p for p, _ in rows], condition=None if condition is None else [c for _, c in rows],
                              **options)
         texts = [c.prompt + c.text for c in done]
         return texts[0] if isinstance(prompt, str) and single and num_samples == 1 else texts

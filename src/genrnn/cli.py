@@ -409,7 +409,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-    extra = {} if conditions == [None] else {"condition": [c for _, c, _ in rows]}
+    extra = {} if conditions[0] is None else {"condition": [c for _, c, _ in rows]}
     completions = run.complete([p for p, _, _ in rows], length=args.length, temperature=[t for _, _, t in rows],
                                top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop,
                                on_text=on_text if streamed else None, **extra)

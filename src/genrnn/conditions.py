@@ -118,12 +118,14 @@ class ConditionSpec:
         from .images import decode_image, load_image
 
         out = []
+        values = list(values)
         for i, v in enumerate(values):
+            name = f"image {i}" if len(values) > 1 else "image"
             if isinstance(v, (bytes, bytearray)):
-                out.append(decode_image(bytes(v), self.size, name=f"image {i}"))
+                out.append(decode_image(bytes(v), self.size, name=name))
             elif isinstance(v, np.ndarray):
                 if v.shape != (3, self.size, self.size) or v.dtype != np.uint8:
-                    raise GenrnnError(f"image {i}: an array must be uint8 of shape (3, {self.size}, {self.size})")
+                    raise GenrnnError(f"{name}: an array must be uint8 of shape (3, {self.size}, {self.size})")
                 out.append(v)
             else:
                 out.append(load_image(Path(v), self.size))

@@ -2,9 +2,11 @@
 
     app = create_app({"shakespeare": "runs/shakespeare"}, Limits(max_streams=64), api_key="...")
 
-Endpoints: ``POST /v1/completions`` (plain or streamed as server-sent events),
-``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /healthz``, the playground at
-``/`` and the OpenAPI document at ``/openapi.json`` (browsable at ``/docs``).
+Endpoints: ``POST /v1/completions`` (plain or streamed as server-sent events;
+``condition`` for a conditioned model), ``POST /v1/captions`` (an image as
+base64 JSON or as the raw body, for a captioner), ``GET /v1/models``,
+``GET /v1/models/{id}``, ``GET /healthz``, the playground at ``/`` and the
+OpenAPI document at ``/openapi.json`` (browsable at ``/docs``).
 
 Requests run in the :class:`~genrnn.serve.engine.Engine` thread, batched with
 every other request; this module only checks, translates and streams. Every
@@ -17,8 +19,9 @@ free stream, 500 an internal failure (the server keeps running).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
-import hashlib
 import json
 import secrets
 import time
@@ -36,6 +39,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..errors import GenrnnError
+from ..sampling import row_seed
 from ..tokenizers import EOS_ID
 from .engine import Engine, EngineFull, EngineStopped, RowParams, RowSpec, Update
 from .limits import Limits
@@ -43,7 +48,10 @@ from .schemas import (
     MAX_STOP,
     MAX_STOP_CHARS,
     SSE_EVENT_SCHEMA,
+    CaptionRequest,
+    CaptionResponse,
     CompletionRequest,
+    ConditionDetails,
     CompletionResponse,
     ErrorResponse,
     Health,
@@ -169,16 +177,7 @@ def create_app(models: Mapping[str, Any], limits: Limits = Limits(), api_key: Op
     async def create_completion(body: CompletionRequest, request: Request):
         name = _resolve(body.model, served)
         job = _Job.build(body, name, served[name], limits)
-        loop = asyncio.get_running_loop()
-        sink = _QueueSink(loop)
-        try:
-            ticket = engine.submit(name, job.specs, sink)
-        except EngineFull as e:
-            raise APIError(429, str(e), type="server_busy", code="too_many_streams",
-                           headers={"Retry-After": "1"}) from None
-        except EngineStopped as e:
-            raise APIError(503, str(e), type="server_error", code="shutting_down") from None
-        watcher = asyncio.create_task(_watch_disconnect(request, ticket, sink))
+        sink, ticket, watcher = _submit(engine, name, job, request)
         if body.stream:
             return StreamingResponse(_stream(job, sink, ticket, watcher), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -187,6 +186,44 @@ def create_app(models: Mapping[str, Any], limits: Limits = Limits(), api_key: Op
         finally:
             watcher.cancel()
             ticket.cancel()
+
+    @app.post("/v1/captions", response_model=CaptionResponse, dependencies=auth,
+              summary="Caption images with a captioner (genrnn extra)",
+              openapi_extra={"requestBody": {"content": {
+                  "application/json": {"schema": {"$ref": "#/components/schemas/CaptionRequest"}},
+                  "image/*": {"schema": {"type": "string", "format": "binary"}}}, "required": True}},
+              responses=_pick(400, 401, 404, 413, 429, 500, 503))
+    async def create_caption(request: Request):
+        """JSON ``{"image": BASE64 or [BASE64...], "model", "max_tokens", "temperature", "seed"}``,
+        or an image file as the body (``Content-Type: image/png``; the other
+        fields as query parameters)."""
+        body, images = await _caption_body(request)
+        name = _resolve(body.model, served)
+        run = served[name]
+        if run.condition is None or run.condition.kind != "image":
+            raise APIError(400, f"the model '{name}' is not an image captioner", param="model")
+        if body.max_tokens > limits.max_tokens:
+            raise APIError(400, f"max_tokens is {body.max_tokens}; this server allows at most {limits.max_tokens}",
+                           param="max_tokens")
+        if len(images) > limits.max_rows:
+            raise APIError(400, f"{len(images)} images; this server allows at most {limits.max_rows} per request",
+                           param="image")
+        try:
+            condition = run.condition.encode(images)
+        except GenrnnError as e:
+            raise APIError(400, str(e), param="image") from None
+        request_body = CompletionRequest(prompt=[""] * len(images), max_tokens=body.max_tokens,
+                                         temperature=body.temperature, seed=body.seed)
+        job = _Job.build(request_body, name, run, limits, condition=condition)
+        sink, ticket, watcher = _submit(engine, name, job, request)
+        try:
+            done = await _collect(job, sink)
+        finally:
+            watcher.cancel()
+            ticket.cancel()
+        return _JSON({"id": job.id.replace("cmpl-", "cap-"), "object": "caption", "created": job.created,
+                      "model": name, "captions": [{"index": c["index"], "text": c["text"],
+                                                   "finish_reason": c["finish_reason"]} for c in done["choices"]]})
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
@@ -211,17 +248,59 @@ def _resolve(model: Optional[str], served: Mapping[str, Any]) -> str:
 def _card(name: str, run: Any, created: int) -> ModelCard:
     m, d = run.config.model, run.config.data
     params = sum(p.numel() for p in run.model.parameters())
+    c = run.condition
+    condition = None if c is None else ConditionDetails(
+        kind=c.kind, labels=c.label_names() if c.kind == "label" else [], values=list(c.labels), size=c.size)
     return ModelCard(id=name, created=created,
                      genrnn=ModelDetails(type=m.type, cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size,
                                          tokenizer=d.tokenizer, vocab_size=run.tokenizer.vocab_size,
-                                         parameters=params))
+                                         parameters=params, condition=condition))
 
 
-def _row_seed(seed: int, index: int) -> int:
-    """The seed of choice ``index`` of a request seeded with ``seed``: a hash, so
-    choices are independent and a choice's text depends only on (seed, index)."""
-    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
+def _submit(engine: Engine, name: str, job: "_Job", request: Request):
+    """Queue a job's rows; (sink, ticket, the task that cancels them if the client leaves)."""
+    sink = _QueueSink(asyncio.get_running_loop())
+    try:
+        ticket = engine.submit(name, job.specs, sink)
+    except EngineFull as e:
+        raise APIError(429, str(e), type="server_busy", code="too_many_streams",
+                       headers={"Retry-After": "1"}) from None
+    except EngineStopped as e:
+        raise APIError(503, str(e), type="server_error", code="shutting_down") from None
+    return sink, ticket, asyncio.create_task(_watch_disconnect(request, ticket, sink))
+
+
+async def _caption_body(request: Request) -> Tuple[CaptionRequest, List[bytes]]:
+    """The caption request and its image files, from JSON with base64 or a raw image body."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = await request.body()
+    try:
+        if kind.startswith("image/") or kind == "application/octet-stream":
+            query = dict(request.query_params)
+            for key in ("max_tokens", "seed"):
+                if key in query:
+                    query[key] = int(query[key])
+            if "temperature" in query:
+                query["temperature"] = float(query["temperature"])
+            body = CaptionRequest(image="", **query)
+            return body, [raw]
+        body = CaptionRequest.model_validate_json(raw)
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
+        raise APIError(400, f"invalid caption request: {str(e).splitlines()[0]}"
+                       + (f" ({str(e).splitlines()[1].strip()})" if len(str(e).splitlines()) > 1 else ""),
+                       code="invalid_value") from None
+    encoded = [body.image] if isinstance(body.image, str) else list(body.image)
+    images = []
+    for i, text in enumerate(encoded):
+        if "," in text[:100] and text.startswith("data:"):  # a data: URL from a browser
+            text = text.split(",", 1)[1]
+        try:
+            images.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise APIError(400, f"image {i} is not valid base64", param="image") from None
+    if not images:
+        raise APIError(400, "give at least one image", param="image")
+    return body, images
 
 
 @dataclass
@@ -240,7 +319,10 @@ class _Job:
     created: int
 
     @classmethod
-    def build(cls, body: CompletionRequest, model: str, run: Any, limits: Limits) -> "_Job":
+    def build(cls, body: CompletionRequest, model: str, run: Any, limits: Limits,
+              condition: Optional[Any] = None) -> "_Job":
+        """``condition``: the prompts' encoded conditions (one row per prompt);
+        else they come from ``body.condition``."""
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
         if not prompts:
             raise APIError(400, "prompt must be a string or a non-empty list of strings", param="prompt")
@@ -270,6 +352,14 @@ class _Job:
                 raise APIError(400, f"prompt {i} has {len(ids)} tokens; this server allows at most "
                                     f"{limits.max_prompt_tokens}", param="prompt")
             encoded.append([EOS_ID] + ids)
+        if condition is None:
+            if run.condition is not None and run.condition.kind == "image":
+                raise APIError(400, f"the model '{model}' captions images: POST them to /v1/captions",
+                               param="condition")
+            try:
+                condition = run.encode_condition(body.condition, len(prompts))
+            except GenrnnError as e:
+                raise APIError(400, str(e), param="condition") from None
         specs = []
         for p, ids in enumerate(encoded):
             for j in range(body.n):
@@ -277,8 +367,8 @@ class _Job:
                 params = RowParams(max_tokens=body.max_tokens, temperature=body.temperature, top_k=body.top_k,
                                    top_p=None if body.top_p >= 1.0 else body.top_p, greedy=body.greedy,
                                    stop=tuple(stop), logprobs=body.logprobs,
-                                   seed=None if body.seed is None else _row_seed(body.seed, index))
-                specs.append(RowSpec(index, ids, params))
+                                   seed=None if body.seed is None else row_seed(body.seed, index))
+                specs.append(RowSpec(index, ids, params, None if condition is None else condition[p]))
         return cls(model=model, prompts=prompts, n=body.n, specs=specs,
                    prompt_tokens=sum(len(ids) - 1 for ids in encoded), echo=body.echo,
                    logprobs=body.logprobs is not None,

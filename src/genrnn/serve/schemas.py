@@ -1,7 +1,8 @@
 """Request and response bodies of the HTTP API, as pydantic models.
 
 They follow OpenAI's (legacy) completions API, so its clients work unchanged,
-plus two extras, ``top_k`` and ``greedy``. They are strict (no coercion of
+plus extras: ``top_k``, ``greedy`` and, for conditioned models, ``condition``;
+and ``/v1/captions`` for captioners. They are strict (no coercion of
 "1" to 1, no unknown fields), so the OpenAPI document FastAPI derives from
 them describes exactly what the server accepts. OpenAI fields genrnn cannot
 honour are accepted only with their neutral value, so clients that always send
@@ -44,6 +45,9 @@ class CompletionRequest(_Strict):
                          description="Nucleus sampling: only the most likely tokens whose mass reaches `top_p`.")
     top_k: Optional[int] = Field(None, ge=1, description="genrnn extra: only the `top_k` most likely tokens.")
     greedy: bool = Field(False, description="genrnn extra: always the most likely token (as temperature 0).")
+    condition: Optional[Union[str, int, List[float], List[str], List[List[float]]]] = Field(
+        None, description="genrnn extra, for a conditioned model (see its card in `GET /v1/models`): a label "
+                          "(its name or value), or a vector of numbers; or a list with one per prompt.")
     n: int = Field(1, ge=1, description="Completions per prompt.")
     stop: Optional[Union[str, List[str]]] = Field(
         None, description=f"Up to {MAX_STOP} strings that end a completion (not included in the text).")
@@ -102,6 +106,15 @@ class CompletionResponse(BaseModel):
     system_fingerprint: Optional[str] = None
 
 
+class ConditionDetails(BaseModel):
+    """What a conditioned model generates from."""
+
+    kind: Literal["label", "vector", "image"]
+    labels: List[str] = Field([], description="label: the labels (their names where the run has names), in order")
+    values: List[str] = Field([], description="label: each label's value in the training data")
+    size: int = Field(description="label: the number of labels; vector: its width; image: its side in pixels")
+
+
 class ModelDetails(BaseModel):
     """genrnn extra: what kind of network is served."""
 
@@ -112,6 +125,9 @@ class ModelDetails(BaseModel):
     tokenizer: str
     vocab_size: int
     parameters: int
+    condition: Optional[ConditionDetails] = Field(
+        None, description="Null for a plain language model; else what `condition` (or an image, for "
+                          "`/v1/captions`) must give.")
 
 
 class ModelCard(BaseModel):
@@ -125,6 +141,31 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: List[ModelCard]
+
+
+class CaptionRequest(_Strict):
+    """``POST /v1/captions`` as JSON (an image file can also be posted as the raw body)."""
+
+    model: Optional[str] = Field(None, max_length=256, description="A captioner (its card's condition kind is image).")
+    image: Union[str, List[str]] = Field(description="A base64-encoded image file (PNG, JPEG, ...), or a list.")
+    max_tokens: int = Field(100, ge=1, description="Tokens per caption at most.")
+    temperature: float = Field(0.0, ge=0.0, le=10.0, allow_inf_nan=False,
+                               description="0 = greedy: the most likely caption.")
+    seed: Optional[int] = Field(None, ge=-(2**63), le=2**63 - 1)
+
+
+class Caption(BaseModel):
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+
+
+class CaptionResponse(BaseModel):
+    id: str
+    object: Literal["caption"] = "caption"
+    created: int
+    model: str
+    captions: List[Caption]
 
 
 class Health(BaseModel):
