@@ -182,6 +182,18 @@ def test_top_p_filter_hand_computed():
                                                           [False, False, False, False, True]]
 
 
+def test_top_p_smaller_than_float32_keeps_the_best_token():
+    """A p that is 0 in float32 (the fuzzer sent 5e-324) still keeps one token."""
+    logits = torch.tensor([[0.0, 1.0, 3.0, 2.0], [0.0, 4.0, 1.0, 2.0]])
+    assert top_p_filter(logits, 5e-324).isfinite().tolist() == [[False, False, True, False],
+                                                                [False, True, False, False]]
+    assert top_p_filter(logits, torch.tensor([5e-324, 1.0])).isfinite().sum(dim=1).tolist() == [1, 4]
+    s = sampler(RowSampling(1.0, top_p=5e-324, seed=1), RowSampling(1.0, top_p=5e-324, seed=2))
+    assert s(logits).tolist() == [2, 1]
+    s = sampler(RowSampling(1.0, top_p=5e-324, seed=1), RowSampling(1.0, seed=2))
+    assert s(logits)[0] == 2
+
+
 @PROPERTY
 @given(st.lists(st.floats(-8, 8, allow_nan=False), min_size=1, max_size=16), st.floats(0.001, 1.0))
 def test_top_p_filter_keeps_the_smallest_sufficient_prefix(values, p):

@@ -106,14 +106,24 @@ def top_p_filter(logits: torch.Tensor, p: Union[float, torch.Tensor]) -> torch.T
     row (B,); p >= 1 keeps the whole row. Ties are ranked by id (a stable
     sort), so a row's result depends on its own logits only."""
     if isinstance(p, torch.Tensor):
-        p = p.to(device=logits.device, dtype=torch.float32).reshape(-1, 1)
-    elif p >= 1.0:
+        return _top_p(logits, p.to(device=logits.device, dtype=torch.float32).reshape(-1, 1).clamp_min(_P_MIN), True)
+    if p >= 1.0:
         return logits
+    return _top_p(logits, max(p, _P_MIN), False)
+
+
+# The smallest p used: a p that is 0 in float32 (5e-324, say) would drop every token.
+_P_MIN = torch.finfo(torch.float32).tiny
+
+
+def _top_p(logits: torch.Tensor, p: Union[float, torch.Tensor], per_row: bool) -> torch.Tensor:
+    """Top-p with ``p`` >= _P_MIN: a float, or a (B, 1) / 0-dim float32 tensor;
+    ``per_row``: some rows may have p >= 1, which keep everything."""
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     probs = torch.softmax(sorted_logits.float(), dim=-1)
     before = torch.cumsum(probs, dim=-1) - probs  # mass of the tokens ranked above each one
     drop_sorted = before >= p  # the first token always has before == 0 < p
-    if isinstance(p, torch.Tensor):
+    if per_row:
         drop_sorted &= p < 1.0  # p = 1 keeps everything, whatever the rounding
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
@@ -217,6 +227,7 @@ class _Plan:
     top_k: Optional[int]  # the (largest) k; None: no row filters
     kth_index: Optional[torch.Tensor]  # (B, 1) each row's k - 1 where rows differ
     top_p: Optional[torch.Tensor]  # 0-dim or (B, 1); None: no row filters
+    per_row_p: bool = False  # top_p is (B, 1), and rows with p = 1 keep everything
 
 
 class Sampler:
@@ -294,14 +305,15 @@ class Sampler:
         else:  # rows differ: each row's k (0 = off, kept whole below)
             top_k = -1  # resolved against V at the first draw
         ps = {1.0 if r.top_p is None else r.top_p for r in drawn}
-        top_p = None
-        if len(ps) == 1:
-            p = ps.pop()
-            top_p = torch.tensor(p, device=dev) if p < 1.0 else None
-        else:
+        top_p, per_row_p = None, len(ps) > 1
+        if per_row_p:
             top_p = torch.tensor([1.0 if r.top_p is None else r.top_p for r in rows], device=dev)[:, None]
+        elif next(iter(ps)) < 1.0:
+            top_p = torch.tensor(next(iter(ps)), device=dev)
+        if top_p is not None:
+            top_p.clamp_(min=_P_MIN)
         greedy_rows = torch.tensor(greedy, device=dev) if any(greedy) else None
-        return _Plan(False, greedy_rows, divisor, top_k, kth_index, top_p)
+        return _Plan(False, greedy_rows, divisor, top_k, kth_index, top_p, per_row_p)
 
     def _per_row_k(self, plan: _Plan, V: int) -> None:
         ks = [(r.top_k or 0) if r.temperature > 0 else 0 for r in self.rows]
@@ -339,7 +351,7 @@ class Sampler:
             if plan.kth_index is not None or plan.top_k < z.shape[-1]:
                 z = _top_k(z, plan.top_k, plan.kth_index)
         if plan.top_p is not None:
-            z = top_p_filter(z, plan.top_p)
+            z = _top_p(z, plan.top_p, plan.per_row_p)
         cdf = self._cdf
         if cdf is None or cdf.shape != logits.shape or cdf.device != z.device:
             cdf = self._cdf = torch.zeros(logits.shape, device=z.device)

@@ -25,10 +25,12 @@ All torch work happens in the engine thread (under ``torch.inference_mode``).
 The engine knows tokens and text, not HTTP: a request hands it row specs and a
 *sink*; the engine calls ``sink.deliver(updates)`` with a list of
 :class:`Update`. A sink with an event ``loop`` attribute is called in that
-loop; per loop at most one delivery is scheduled at a time, and what the
-engine produces meanwhile is added to it (one wake-up of the loop carries
-every step that happened since the last). A sink whose ``loop`` is None is
-called in the engine thread.
+loop. Each wake-up of a loop costs it (and, through the GIL, the engine)
+more than a step at batch 1, so per loop at most one delivery is scheduled
+at a time, what the engine produces meanwhile is added to it, and text that
+can wait goes at most every :data:`DELIVERY_INTERVAL`; a row's first text
+and its end go at once. A sink whose ``loop`` is None is called in the
+engine thread at every step.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Deque, Dict, List, Optional, Sequence, Tuple
@@ -53,6 +56,10 @@ log = logging.getLogger("genrnn.serve")
 # Prompts joining at one step are prefilled together while their padded size
 # (rows x longest prompt) stays under this; the rest join at the next step.
 PREFILL_TOKENS = 65_536
+# Seconds between two wake-ups of an event loop for text that can wait (a
+# row's first text and its end go at once). Well under the app's 20 ms between
+# writes of a stream, and it spares the loop (and the GIL) a wake-up per step.
+DELIVERY_INTERVAL = 0.002
 
 
 class EngineFull(Exception):
@@ -163,30 +170,47 @@ class _Slot:
     state: Any = None  # the model's recurrent state, batch along dim 1
     sampler: Optional[Sampler] = None  # the rows' sampling, in the rows' order
     conditioned: bool = False  # whether the rows carry conditions (all or none of them do)
+    logprobs: bool = False  # whether any row asks for logprobs
 
     def reset(self) -> None:
-        self.rows, self.logits, self.state = [], None, None
+        self.rows, self.logits, self.state, self.logprobs = [], None, None, False
         self.sampler = Sampler(self.device)
+
+    def set_rows(self, rows: List[_Row]) -> None:
+        self.rows = rows
+        self.logprobs = any(r.params.logprobs is not None for r in rows)
 
 
 class _Mailbox:
     """Updates on their way to the sinks of one event loop. At most one
     delivery is scheduled at a time: while the loop has not run it, the
-    engine adds to it instead of waking the loop again."""
+    engine adds to it instead of waking the loop again; and text that can
+    wait is sent at most every :data:`DELIVERY_INTERVAL` (the engine flushes
+    what waits at the end of each iteration and before it idles)."""
 
     def __init__(self, loop: Any):
         self.loop = loop
         self.lock = threading.Lock()
         self.items: List[Tuple[Any, Update]] = []
         self.scheduled = False
+        self.last = 0.0  # when the last delivery was scheduled (time.monotonic)
 
-    def post(self, items: List[Tuple[Any, Update]]) -> None:
+    def post(self, items: List[Tuple[Any, Update]], urgent: bool) -> None:
         """From the engine thread; raises RuntimeError once the loop is closed."""
         with self.lock:
             self.items.extend(items)
-            if self.scheduled:
+        self.flush(urgent)
+
+    def flush(self, force: bool) -> None:
+        """Schedule a delivery of what waits, unless one is scheduled already
+        or (without ``force``) the last was less than the interval ago."""
+        with self.lock:
+            if self.scheduled or not self.items:
                 return
-            self.scheduled = True
+            now = time.monotonic()
+            if not force and now - self.last < DELIVERY_INTERVAL:
+                return
+            self.scheduled, self.last = True, now
         try:
             self.loop.call_soon_threadsafe(self.deliver)
         except RuntimeError:
@@ -303,6 +327,8 @@ class Engine:
         slots = list(self._slots.values())
         with torch.inference_mode():
             while True:
+                if self._mailboxes:
+                    self._flush(force=not any(s.pending or s.rows for s in slots))
                 with self._cond:
                     while not self._stopping and not any(s.pending or s.rows for s in slots):
                         self._cond.wait()
@@ -321,7 +347,7 @@ class Engine:
                     except Exception as e:  # a failing model must not take the server down
                         log.exception("engine step failed on model %s", slot.name)
                         self._fail(slot, rows, f"generation failed: {type(e).__name__}: {e}", outbox)
-                    self._publish(outbox)
+                    self._publish(outbox, urgent=True)
         self._shutdown()
 
     def _take_pending(self, slot: _Slot) -> List[_Row]:
@@ -352,37 +378,39 @@ class Engine:
         rows = slot.rows
         if not rows:
             return
-        with slot.autocast():
-            tokens = slot.sampler(slot.logits)
-            logprobs = self._logprobs(slot, tokens) if any(r.params.logprobs is not None for r in rows) else None
-        keep: List[int] = []
-        for i, (row, tid) in enumerate(zip(rows, tokens.tolist())):
-            text = row.text
-            offset = text.length
-            piece, reason = text.push(tid)
-            if logprobs is not None and logprobs[i] is not None:
-                shown = text.piece if text.piece else slot.tokenizer.token_str(tid)
-                update = Update(row.index, piece, [TokenInfo(shown, offset, *logprobs[i])], reason, text.count)
-            elif piece or reason:
-                update = Update(row.index, piece, [], reason, text.count)
-            else:
-                update = None
-            if reason is not None:
-                self._finish(row, update, outbox)
-            else:
-                keep.append(i)
-                if update is not None:
-                    outbox.append((row, update))
-        self._publish(outbox)  # hand the tokens over before the step: lower latency
-        outbox.clear()
-        self.steps += 1
-        self.tokens += len(rows)
-        if len(keep) < len(rows):
-            index = self._drop_rows(slot, keep)
-            if index is None:
-                return
-            tokens = tokens.index_select(0, index)
         with slot.autocast():  # RNNLM.step picks its own kernels per batch size
+            tokens = slot.sampler(slot.logits)
+            logprobs = self._logprobs(slot, tokens) if slot.logprobs else None
+            keep: List[int] = []
+            urgent = bool(outbox)  # a row's first token or its end (or a refusal): deliver at once
+            for i, (row, tid) in enumerate(zip(rows, tokens.tolist())):
+                text = row.text
+                offset = text.length
+                piece, reason = text.push(tid)
+                if logprobs is not None and logprobs[i] is not None:
+                    shown = text.piece if text.piece else slot.tokenizer.token_str(tid)
+                    update = Update(row.index, piece, [TokenInfo(shown, offset, *logprobs[i])], reason, text.count)
+                elif piece or reason:
+                    update = Update(row.index, piece, [], reason, text.count)
+                else:  # all of its text held back
+                    keep.append(i)
+                    continue
+                if reason is not None:
+                    self._finish(row, update, outbox)
+                    urgent = True
+                else:
+                    keep.append(i)
+                    outbox.append((row, update))
+                    urgent = urgent or text.count == 1
+            self._publish(outbox, urgent)  # hand the tokens over before the step: lower latency
+            outbox.clear()
+            self.steps += 1
+            self.tokens += len(rows)
+            if len(keep) < len(rows):
+                index = self._drop_rows(slot, keep)
+                if index is None:
+                    return
+                tokens = tokens.index_select(0, index)
             slot.logits, slot.state = slot.model.step(tokens, slot.state)
 
     def _join(self, slot: _Slot, rows: List[_Row], outbox: List[Tuple[_Row, Update]]) -> None:
@@ -415,7 +443,7 @@ class Engine:
                 slot.state = states.cat_rows(slot.state, state)
             else:
                 slot.logits, slot.state = logits, state
-            slot.rows = slot.rows + group
+            slot.set_rows(slot.rows + group)
             slot.conditioned = conditioned
             slot.sampler.add([r.sampling for r in group])
             for row in group:
@@ -437,7 +465,7 @@ class Engine:
             slot.reset()
             return None
         index = torch.tensor(keep, dtype=torch.long, device=slot.device)
-        slot.rows = [slot.rows[i] for i in keep]
+        slot.set_rows([slot.rows[i] for i in keep])
         slot.logits = slot.logits.index_select(0, index) if slot.logits is not None else None
         slot.state = states.select_rows(slot.state, index)
         slot.sampler.keep(keep, index)
@@ -483,8 +511,10 @@ class Engine:
         self._fail_rows(rows, message, outbox)
         slot.reset()
 
-    def _publish(self, outbox: List[Tuple[_Row, Update]]) -> None:
-        """Hand the updates over: to a loop's mailbox, or to a thread sink at once."""
+    def _publish(self, outbox: List[Tuple[_Row, Update]], urgent: bool) -> None:
+        """Hand the updates over: to a loop's mailbox (delivered at once if
+        ``urgent``, else within :data:`DELIVERY_INTERVAL`), or to a thread
+        sink at once."""
         if not outbox:
             return
         by_loop: Dict[int, Tuple[Any, List[Tuple[Any, Update]]]] = {}
@@ -506,8 +536,16 @@ class Engine:
             if mailbox is None or mailbox.loop is not loop:
                 mailbox = self._mailboxes[key] = _Mailbox(loop)
             try:
-                mailbox.post(items)
+                mailbox.post(items, urgent)
             except RuntimeError:  # the loop is closed: the server is going down
+                del self._mailboxes[key]
+
+    def _flush(self, force: bool) -> None:
+        """Schedule the deliveries whose interval has passed (all of them with ``force``)."""
+        for key, mailbox in list(self._mailboxes.items()):
+            try:
+                mailbox.flush(force)
+            except RuntimeError:
                 del self._mailboxes[key]
 
     def _shutdown(self) -> None:
@@ -521,7 +559,8 @@ class Engine:
                         self._finish(row, Update(row.index, finish_reason="cancelled", completion_tokens=row.count,
                                                  error="the server is shutting down"), outbox)
                 slot.reset()
-        self._publish(outbox)
+        self._publish(outbox, urgent=True)
+        self._flush(force=True)
 
 
 def _finite(x: float) -> float:
