@@ -11,7 +11,11 @@ then for each concurrency level (1, 8, 32, 64) runs that many clients for
 (``--max-tokens`` tokens, temperature 0.8), then the next. Reported per level:
 aggregate completion tokens/s, the mean batch of the server's steps (from
 ``/healthz``), time to first token (p50, p99), requests, errors (must be 0)
-and the server's resident memory (VmRSS) before and after.
+and the server's resident memory (VmRSS) before and after. For scale, the
+same model also samples locally in this process at batch 1
+(``generate_tokens``, the loop ``benchmarks/sampling.py`` times as "after";
+``--local-repeats`` times before and as many after the levels, while the
+server idles): the table gives each level against it.
 
 The clients run in this process (bare asyncio connections) on the same
 machine as the server, so on a small machine they take some CPU from it: the
@@ -183,16 +187,45 @@ def machine() -> str:
             f"torch {torch.__version__}, {platform.system()} {platform.release()}")
 
 
-def markdown(results: List[Dict[str, Any]], rss_before: float) -> str:
+def local_rate(run: Path, tokens: int, repeats: int, threads: Optional[int]) -> List[float]:
+    """Tokens/s of ``generate_tokens`` at batch 1 in this process (temperature
+    0.8, as the clients ask), timed from the first new token to the last."""
+    import torch
+
+    import genrnn
+    from genrnn.sampling import SampleConfig, generate_tokens
+    from genrnn.tokenizers import EOS_ID
+
+    if threads:
+        torch.set_num_threads(threads)
+    trained = genrnn.load(run, device="cpu")
+    ids = [EOS_ID] + trained.tokenizer.encode(PROMPTS[0])
+    rates = []
+    for r in range(repeats + 1):  # the first is a warm-up
+        n, start = 0, 0.0
+        for _ in generate_tokens(trained.model, [ids], SampleConfig(max_new_tokens=tokens, temperature=0.8, seed=r)):
+            if n == 0:
+                start = time.perf_counter()
+            n += 1
+        if r:
+            rates.append((n - 1) / (time.perf_counter() - start))
+    return rates
+
+
+def markdown(results: List[Dict[str, Any]], rss_before: float, local: Optional[float]) -> str:
     base = results[0]["tokens_per_s"] if results else 1.0
-    lines = ["| concurrent streams | requests | tokens | tokens/s | x one stream | mean batch | TTFT p50 | TTFT p99 "
-             "| errors | server RSS after |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| concurrent streams | requests | tokens | tokens/s | x one stream | x local batch 1 | mean batch "
+             "| TTFT p50 | TTFT p99 | errors | server RSS after |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        vs_local = f"{r['tokens_per_s'] / local:.2f}" if local else "-"
         lines.append(f"| {r['concurrency']} | {r['requests']} | {r['tokens']:,} | {r['tokens_per_s']:,.0f} "
-                     f"| {r['tokens_per_s'] / base:.1f} | {r['mean_batch']:.1f} | {r['ttft_p50_ms']:.0f} ms "
-                     f"| {r['ttft_p99_ms']:.0f} ms | {r['errors']} | {r['rss_after_mb']:.0f} MB |")
+                     f"| {r['tokens_per_s'] / base:.1f} | {vs_local} | {r['mean_batch']:.1f} "
+                     f"| {r['ttft_p50_ms']:.0f} ms | {r['ttft_p99_ms']:.0f} ms | {r['errors']} "
+                     f"| {r['rss_after_mb']:.0f} MB |")
     lines.append(f"\nServer RSS before the load: {rss_before:.0f} MB.")
+    if local:
+        lines.append(f"Local batch 1 (generate_tokens in the client's process, median): {local:,.0f} tokens/s.")
     return "\n".join(lines)
 
 
@@ -204,6 +237,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--concurrency", default="1,8,32,64", help="levels, comma-separated (default: 1,8,32,64)")
     p.add_argument("--max-tokens", type=int, default=256, help="tokens per request (default: 256)")
     p.add_argument("--threads", type=int, help="the server's CPU threads (default: PyTorch's choice)")
+    p.add_argument("--local-repeats", type=int, default=3,
+                   help="local batch-1 runs before and after the levels, for scale (default: 3; 0: none)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
 
@@ -214,6 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         try:
             asyncio.run(run_level(port, "bench", 1, 2.0, 32))  # warm up
             rss_before = rss_mb(server.pid)
+            local_runs = local_rate(run, args.max_tokens, args.local_repeats, args.threads) if args.local_repeats else []
             results = []
             for level in [int(x) for x in args.concurrency.split(",")]:
                 r = asyncio.run(run_level(port, "bench", level, args.duration, args.max_tokens))
@@ -223,14 +259,21 @@ def main(argv: Optional[List[str]] = None) -> int:
                       f"batch {r['mean_batch']:.1f}, "
                       f"TTFT p50 {r['ttft_p50_ms']:.0f} ms p99 {r['ttft_p99_ms']:.0f} ms, {r['requests']} requests, "
                       f"{r['errors']} errors, RSS {r['rss_after_mb']:.0f} MB", file=sys.stderr)
+            if args.local_repeats:
+                local_runs += local_rate(run, args.max_tokens, args.local_repeats, args.threads)
         finally:
             server.terminate()
             server.wait(10)
-    table = markdown(results, rss_before)
+    local = statistics.median(local_runs) if local_runs else None
+    if local:
+        print(f"load_test: local batch 1: {local:8,.0f} tokens/s (runs: "
+              f"{', '.join(f'{x:,.0f}' for x in local_runs)})", file=sys.stderr)
+    table = markdown(results, rss_before, local)
     print(machine())
     print(table)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "rss_before_mb": rss_before, "results": results,
+                                         "local_batch1": local, "local_runs": local_runs,
                                          "max_tokens": args.max_tokens, "duration": args.duration}, indent=2))
     return 1 if any(r["errors"] for r in results) else 0
 

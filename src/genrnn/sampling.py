@@ -155,26 +155,32 @@ def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     uniform in [0, 1) per row (B,), the column whose cumulative-probability
     interval holds ``u * total``. A column with probability 0 is never drawn.
     This is the :class:`Sampler`'s draw, with a fresh buffer."""
-    cdf = probs.new_zeros(probs.shape[0], probs.shape[1] + 1)
     u = uniforms.to(probs.dtype).clamp(max=_U_MAX).reshape(-1, 1)
-    return _draw(probs, u, cdf) - 1
+    return _CDF(probs.shape[0], probs.shape[1], probs.device).draw(probs, u) - 1
 
 
-def _draw(probs: torch.Tensor, u: torch.Tensor, cdf: torch.Tensor) -> torch.Tensor:
-    """``1 +`` the column drawn from ``probs`` (B, N) with uniforms ``u`` (B, 1)
-    in [0, _U_MAX]. ``cdf`` (B, N + 1) is a buffer whose column 0 is 0: with
-    the cumulative sums after it, ``searchsorted(right=True)`` counts the
+class _CDF:
+    """The draw's buffer (B, N + 1): column 0 is 0 and the cumulative sums of
+    the probabilities follow. ``searchsorted(right=True)`` then counts the
     entries <= u * total, which is 1 + the column j with cdf[j] <= u * total
-    < cdf[j + 1] -- so column j has probability > 0, and for probabilities of
-    the tokens after <pad> the count is the token id itself. ``u <= 1 - 2**-23``
-    keeps ``u * total`` below ``total`` after rounding (the gap is at least
-    one ulp of total)."""
-    body = cdf[:, 1:]
-    if body.is_contiguous() or cdf.shape[0] == 1:
-        torch.cumsum(probs, dim=-1, out=body)
-    else:  # cumsum into a strided view is slow on CPU; copy instead
-        body.copy_(torch.cumsum(probs, dim=-1))
-    return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).view(-1)
+    < cdf[j + 1] -- so column j has probability > 0 -- and for the tokens
+    after <pad> the count is the token id itself. ``u <= 1 - 2**-23`` keeps
+    ``u * total`` below ``total`` after rounding (the gap is at least one ulp
+    of total)."""
+
+    def __init__(self, rows: int, n: int, device: torch.device):
+        self.full = torch.zeros(rows, n + 1, device=device)
+        self.body = self.full[:, 1:]  # views, made once
+        self.total = self.full[:, -1:]
+        self.in_place = self.body.is_contiguous()  # batch 1; a strided out= is slow on CPU
+
+    def draw(self, probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """1 + the column drawn from ``probs`` (B, N) with uniforms ``u`` (B, 1) in [0, _U_MAX]."""
+        if self.in_place:
+            torch.cumsum(probs, dim=-1, out=self.body)
+        else:
+            self.body.copy_(torch.cumsum(probs, dim=-1))
+        return torch.searchsorted(self.full, u * self.total, right=True).view(-1)
 
 
 class Uniforms:
@@ -250,9 +256,10 @@ class Sampler:
         self.rows: List[RowSampling] = []
         self._streams: List[Uniforms] = []
         self._block: Optional[torch.Tensor] = None  # (C, B, 1): row i's next uniform at [col, i]
+        self._columns: Sequence[torch.Tensor] = ()  # the block's (B, 1) columns, as views
         self._col = 0
         self._plan: Optional[_Plan] = None
-        self._cdf: Optional[torch.Tensor] = None  # (B, V) draw buffer, column 0 zero
+        self._cdf: Optional[_CDF] = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -269,7 +276,7 @@ class Sampler:
                 if r.temperature > 0:
                     new[self._col :, j] = s.take(left)
             new.clamp_(max=_U_MAX)
-            self._block = torch.cat([self._block, new[:, :, None].to(self.device)], dim=1)
+            self._set_block(torch.cat([self._block, new[:, :, None].to(self.device)], dim=1))
         self.rows = self.rows + list(rows)
         self._streams = self._streams + streams
         self._plan = None
@@ -282,8 +289,12 @@ class Sampler:
         if self._block is not None:
             if index is None:
                 index = torch.tensor(list(positions), dtype=torch.long, device=self.device)
-            self._block = self._block.index_select(1, index)
+            self._set_block(self._block.index_select(1, index))
         self._plan = None
+
+    def _set_block(self, block: torch.Tensor) -> None:
+        self._block = block
+        self._columns = block.unbind(0)
 
     def _settle(self) -> _Plan:
         dev, rows = self.device, self.rows
@@ -326,9 +337,9 @@ class Sampler:
         if self._block is None or self._col == self._block.shape[0]:
             zeros = torch.zeros(_UNIFORMS)
             columns = [s.take(_UNIFORMS) if r.temperature > 0 else zeros for r, s in zip(self.rows, self._streams)]
-            self._block = torch.stack(columns, dim=1).clamp_(max=_U_MAX)[:, :, None].to(self.device)
+            self._set_block(torch.stack(columns, dim=1).clamp_(max=_U_MAX)[:, :, None].to(self.device))
             self._col = 0
-        u = self._block[self._col]
+        u = self._columns[self._col]
         self._col += 1
         return u
 
@@ -353,9 +364,9 @@ class Sampler:
         if plan.top_p is not None:
             z = _top_p(z, plan.top_p, plan.per_row_p)
         cdf = self._cdf
-        if cdf is None or cdf.shape != logits.shape or cdf.device != z.device:
-            cdf = self._cdf = torch.zeros(logits.shape, device=z.device)
-        tokens = _draw(torch.softmax(z, dim=-1), self._uniforms(), cdf)
+        if cdf is None or cdf.full.shape != logits.shape:
+            cdf = self._cdf = _CDF(logits.shape[0], logits.shape[1] - 1, z.device)
+        tokens = cdf.draw(torch.softmax(z, dim=-1), self._uniforms())
         if best is None:
             return tokens
         return torch.where(plan.greedy_rows, best, tokens)
@@ -407,17 +418,21 @@ class TextStream:
             return self._end("eos")
         piece = self.piece = self.decoder.push(tid)
         self.length += len(piece)
-        if self.stop:
-            pending = self._held + piece
-            # only the held text and the new piece can hold a new match: what was shown had none
-            hits = [h for h in (pending.find(s) for s in self.stop) if h >= 0]
-            if hits:
-                cut = min(hits)
-                self.length -= len(pending) - cut
-                self._held = pending[:cut]
-                return self._end("stop")
-        else:
-            pending = piece
+        if not self.stop:  # the common case: everything shows at once
+            if self.max_tokens is not None and self.count >= self.max_tokens:
+                self._held = piece
+                return self._end("length")
+            if piece:
+                self._shown.append(piece)
+            return piece, None
+        pending = self._held + piece
+        # only the held text and the new piece can hold a new match: what was shown had none
+        hits = [h for h in (pending.find(s) for s in self.stop) if h >= 0]
+        if hits:
+            cut = min(hits)
+            self.length -= len(pending) - cut
+            self._held = pending[:cut]
+            return self._end("stop")
         if self.max_tokens is not None and self.count >= self.max_tokens:
             self._held = pending
             return self._end("length")

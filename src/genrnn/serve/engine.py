@@ -119,12 +119,15 @@ class Update:
 class _Row:
     """A stream in the engine: its request, its sampling settings and its text."""
 
-    __slots__ = ("index", "ticket", "ids", "params", "condition", "sampling", "text", "done", "released")
+    __slots__ = ("index", "ticket", "sink", "loop", "ids", "params", "condition", "sampling", "text", "done",
+                 "released")
 
     def __init__(self, spec: RowSpec, ticket: "Ticket", tokenizer):
         p = spec.params
         self.index = spec.index
         self.ticket = ticket
+        self.sink = ticket.sink
+        self.loop = getattr(ticket.sink, "loop", None)  # None: deliver in the engine thread
         self.ids = list(spec.prompt_ids)
         self.params = p
         self.condition = spec.condition
@@ -520,15 +523,16 @@ class Engine:
         by_loop: Dict[int, Tuple[Any, List[Tuple[Any, Update]]]] = {}
         by_sink: Dict[int, Tuple[Any, List[Update]]] = {}
         for row, update in outbox:
-            ticket = row.ticket
-            if ticket.cancelled:
+            if row.ticket.cancelled:
                 continue
-            sink = ticket.sink
-            loop = getattr(sink, "loop", None)
+            loop = row.loop
             if loop is None:
-                by_sink.setdefault(id(sink), (sink, []))[1].append(update)
+                by_sink.setdefault(id(row.sink), (row.sink, []))[1].append(update)
             else:
-                by_loop.setdefault(id(loop), (loop, []))[1].append((sink, update))
+                entry = by_loop.get(id(loop))
+                if entry is None:
+                    entry = by_loop[id(loop)] = (loop, [])
+                entry[1].append((row.sink, update))
         for sink, updates in by_sink.values():
             sink.deliver(updates)
         for key, (loop, items) in by_loop.items():
