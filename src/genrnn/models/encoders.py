@@ -38,23 +38,27 @@ class VectorEncoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """Four 3x3 conv + ReLU + 2x2 max-pool blocks (32, 64, 128, 128 channels),
-    then the flattened map (not a global average: where a colour sits tells a
-    face from a background) through a linear layer. A 64x64 image ends as a
-    4x4x128 map; other sizes are pooled to 4x4 first."""
+    """Four 3x3 conv + batch norm + ReLU + 2x2 max-pool blocks (32, 64, 128,
+    128 channels), then the flattened 4x4 map (not a global average: where a
+    colour sits tells a face from a background) through a linear layer, with
+    layer norms on both sides and no tanh. Without the batch norms the
+    decoder's learning rate (1e-2) collapsed the encoder to one output for
+    every image within a few steps (at 2e-3 it learned); a tanh output
+    saturated the same way. Other image sizes are pooled to 4x4 too."""
 
     def __init__(self, image_size: int, dim: int):
         super().__init__()
         layers = []
         channels = [3, 32, 64, 128, 128]
         for a, b in zip(channels, channels[1:]):
-            layers += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4))
-        self.proj = nn.Linear(128 * 16, dim)
+            layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.LayerNorm(128 * 16))
+        self.proj = nn.Sequential(nn.Linear(128 * 16, dim), nn.LayerNorm(dim))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) uint8 -> (B, dim)
         x = images.float() * (2.0 / 255.0) - 1.0
-        return torch.tanh(self.proj(self.features(x).flatten(1)))
+        return self.proj(self.features(x))
 
 
 ENCODERS: Dict[str, Callable[[int, int], nn.Module]] = {
