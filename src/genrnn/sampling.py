@@ -156,7 +156,7 @@ def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     interval holds ``u * total``. A column with probability 0 is never drawn.
     This is the :class:`Sampler`'s draw, with a fresh buffer."""
     u = uniforms.to(probs.dtype).clamp(max=_U_MAX).reshape(-1, 1)
-    return _CDF(probs.shape[0], probs.shape[1], probs.device).draw(probs, u) - 1
+    return _CDF(probs.shape[0], probs.shape[1], probs.device, probs.dtype).draw(probs, u) - 1
 
 
 class _CDF:
@@ -168,8 +168,8 @@ class _CDF:
     ``u * total`` below ``total`` after rounding (the gap is at least one ulp
     of total)."""
 
-    def __init__(self, rows: int, n: int, device: torch.device):
-        self.full = torch.zeros(rows, n + 1, device=device)
+    def __init__(self, rows: int, n: int, device: torch.device, dtype: torch.dtype = torch.float32):
+        self.full = torch.zeros(rows, n + 1, device=device, dtype=dtype)
         self.body = self.full[:, 1:]  # views, made once
         self.total = self.full[:, -1:]
         self.in_place = self.body.is_contiguous()  # batch 1; a strided out= is slow on CPU
