@@ -217,6 +217,13 @@ def run_design(design: str, args, work: Path, train_rows, held_rows, judge, labe
     gc_acc = accuracy(gc_pred, gold, labels)
     score_time = time.perf_counter() - t2
 
+    at_other = {}
+    for t_other in args.also_temperature:
+        other = [t.strip() for t in run.generate("", condition=asked, temperature=t_other, seed=args.seed,
+                                                length=150, stop=["\n"])]
+        at_other[str(t_other)] = accuracy(list(judge.predict(other)), asked, labels)
+        print(f"[{design}] judge on titles generated at T = {t_other:g}: {at_other[str(t_other)]['overall']:.1%}",
+              flush=True)
     print(f"[{design}] judge on generated titles: {gen_acc['overall']:.1%} "
           + ", ".join(f"{names[lab]} {gen_acc['per_class'][lab]:.1%}" for lab in labels)
           + f"; generative classifier on held-out titles: {gc_acc['overall']:.1%}; "
@@ -231,6 +238,7 @@ def run_design(design: str, args, work: Path, train_rows, held_rows, judge, labe
             "wall": wall, "tokens_per_s": r.tokens_per_s, "best_val": best,
             "generated": {"n": len(texts), "temperature": args.temperature, "seed": args.seed,
                           "seconds": gen_time, "judge_accuracy": gen_acc,
+                          "judge_accuracy_at": at_other,
                           "copies_of_training": copies / len(texts), "distinct": len(set(texts)) / len(texts),
                           "empty": sum(not t for t in texts), "mean_length": float(np.mean([len(t) for t in texts])),
                           "examples": {names[lab]: by_label[lab][: args.examples] for lab in labels},
@@ -253,6 +261,8 @@ def main() -> int:
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a genrnn training option, e.g. hidden_size=512 (repeatable; JSON values)")
     ap.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
+    ap.add_argument("--also-temperature", type=float, action="append", default=[], metavar="T",
+                    help="judge generated titles at this temperature too (repeatable; reported beside)")
     ap.add_argument("--per-class", type=int, default=200, help="generated titles per class (default: 200)")
     ap.add_argument("--seed", type=int, default=1, help="sampling seed (default: 1)")
     ap.add_argument("--examples", type=int, default=5, help="example titles shown per class (default: 5)")

@@ -305,8 +305,8 @@ def test_vectors_condition_a_run(fruit_csv, tmp_path, capsys):
 def test_a_captioner_names_the_colour(squares, tmp_path, capsys):
     """A CNN encoder trained with the decoder reads the square's colour."""
     torch.manual_seed(0)
-    ok(capsys, "train", squares / "captions.csv", "--image-field", "image", "--field", "caption", "--max-steps", "150",
-       "--lr", "0.01", "--hidden-size", "48", "--layers", "1", "--embedding-size", "16", "--batch-size", "16",
+    ok(capsys, "train", squares / "captions.csv", "--image-field", "image", "--field", "caption", "--max-steps", "300",
+       "--lr", "0.003", "--hidden-size", "48", "--layers", "1", "--embedding-size", "16", "--batch-size", "16",
        "--condition-dim", "16", "--val-fraction", "0.1", "--sample-every", "0", "--out", tmp_path / "cap",
        "--no-progress", "-q")
     run = genrnn.load(tmp_path / "cap")

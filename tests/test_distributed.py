@@ -81,3 +81,36 @@ def test_batch_must_divide_among_processes(tmp_path):
     assert ddp.returncode != 0
     assert "must be a multiple of the 2 processes" in ddp.stderr
     assert "Traceback" not in "\n".join(l for l in ddp.stderr.splitlines() if "genrnn: error" in l)
+
+
+@pytest.mark.slow
+def test_a_conditioned_model_trains_like_one(tmp_path):
+    """The condition is sharded with its rows (and its embedding rides in the
+    state), so two processes still train like one."""
+    import csv
+
+    gen = torch.Generator().manual_seed(1)
+    sentences = {"a": "apples are red", "b": "bananas are yellow", "c": "cherries are dark"}
+    with open(tmp_path / "t.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "text"])
+        for i in torch.randint(3, (200,), generator=gen).tolist():
+            w.writerow(["abc"[i], sentences["abc"[i]]])
+    args = ["--field", "text", "--condition-field", "label", "--max-steps", "16", "--batch-size", "8",
+            "--hidden-size", "32", "--layers", "2", "--embedding-size", "16", "--condition-dim", "8",
+            "--eval-every", "8", "--sample-every", "0", "--threads", "1", "--no-progress", "--seed", "7"]
+    single = train([sys.executable, "-m", "genrnn", "train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "one"),
+                    *args])
+    assert single.returncode == 0, single.stderr
+    ddp = train([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                 "-m", "genrnn", "train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "two"), *args])
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    pairs = [(a[k], b[k]) for a, b in zip([m for m in one if "loss" in m or "val_loss" in m],
+                                          [m for m in two if "loss" in m or "val_loss" in m])
+             for k in ("loss", "val_loss") if k in a]
+    assert pairs and all(a == pytest.approx(b, rel=1e-4) for a, b in pairs)
+    wa = load_file(str(tmp_path / "one" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert any(k.startswith("encoder.") for k in wa)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-4

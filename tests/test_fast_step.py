@@ -284,18 +284,13 @@ def test_chunked_loop_gives_the_same_tokens(config):
         assert model.training
 
 
-def test_race_never_draws_an_excluded_token():
-    """The exponential race with the worst uniforms (0 everywhere): a token of
-    probability 0 still cannot win, and neither ties nor NaNs appear."""
+def test_draw_never_draws_an_excluded_token():
+    """The inverse-CDF draw with the worst uniforms (0, and the largest below
+    1): a token of probability 0 still cannot be drawn, and the index stays in
+    range."""
     probs = torch.tensor([[0.0, 0.5, 0.5, 0.0], [0.0, 0.0, 0.0, 1.0], [1e-30, 0.0, 0.0, 0.0]])
-    real = torch.rand
-    try:
-        sampling.torch.rand = lambda shape, **kw: torch.zeros(shape, dtype=kw.get("dtype"))
-        got = sampling._race(probs, None).tolist()
-        sampling.torch.rand = lambda shape, **kw: torch.full(shape, 1 - 2**-24, dtype=kw.get("dtype"))
-        near_one = sampling._race(probs, None).tolist()
-    finally:
-        sampling.torch.rand = real
+    got = sampling.draw(probs, torch.zeros(3)).tolist()
+    near_one = sampling.draw(probs, torch.full((3,), 1 - 2**-24)).tolist()
     assert got[0] in (1, 2) and got[1:] == [3, 0]
     assert near_one[0] in (1, 2) and near_one[1:] == [3, 0]
 

@@ -359,7 +359,16 @@ class _TrainReporter:
             b = result.best_val
             lines.append(f"genrnn: best validation loss {b['loss']:.4f} nats/token, perplexity {b['perplexity']:.2f}, "
                          f"{b['bits_per_char']:.3f} bits/char (step {b['step']})")
-        lines.append(f"genrnn: sample with: genrnn sample {result.run_dir} --prompt 'Hello'")
+        condition = self.info["config"]["model"]["condition"]
+        if condition == "image":
+            lines.append(f"genrnn: caption with: genrnn caption {result.run_dir} IMAGE...")
+        elif condition == "label":
+            first = self.info["labels"][0]
+            lines.append(f"genrnn: sample with: genrnn sample {result.run_dir} --condition '{first}'")
+        elif condition == "vector":
+            lines.append(f"genrnn: sample with: genrnn sample {result.run_dir} --condition-vector VECTORS.npy")
+        else:
+            lines.append(f"genrnn: sample with: genrnn sample {result.run_dir} --prompt 'Hello'")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
 

@@ -478,6 +478,7 @@ class Trainer:
             "batch_size": data.train.batch_size, "total_steps": self.total_steps, "time_budget": t.time,
             "lr": self.lr, "resumed_at": p.step, "config": self.config.to_dict(),
             "condition": data.condition.describe() if data.condition else None,
+            "labels": data.condition.label_names() if data.condition and data.condition.kind == "label" else [],
             "processes": self.dist.world_size,
         })
         if self.fitted:
@@ -509,6 +510,12 @@ class Trainer:
                         self.state = start(self.model, None if condition is None else
                                            condition.to(self.runtime.device, non_blocking=True))
                     _, loss, state = self.train_model(x, y, self.state)
+                if self.dist.enabled:
+                    # each rank's loss is the mean over its own targets; weighted by its share of the
+                    # batch's targets, DDP's average of the ranks' gradients is the whole batch's (padded
+                    # records give the ranks different counts)
+                    share = (y != IGNORE).sum() * self.dist.world_size / max(1, int((batch.y != IGNORE).sum()))
+                    loss = loss * share
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
