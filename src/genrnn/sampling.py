@@ -256,7 +256,7 @@ class Sampler:
         self.rows: List[RowSampling] = []
         self._streams: List[Uniforms] = []
         self._block: Optional[torch.Tensor] = None  # (C, B, 1): row i's next uniform at [col, i]
-        self._columns: Sequence[torch.Tensor] = ()  # the block's (B, 1) columns, as views
+        self._columns: Optional[Sequence[torch.Tensor]] = None  # a fresh block's (B, 1) columns, as views
         self._col = 0
         self._plan: Optional[_Plan] = None
         self._cdf: Optional[_CDF] = None
@@ -276,7 +276,7 @@ class Sampler:
                 if r.temperature > 0:
                     new[self._col :, j] = s.take(left)
             new.clamp_(max=_U_MAX)
-            self._set_block(torch.cat([self._block, new[:, :, None].to(self.device)], dim=1))
+            self._block, self._columns = torch.cat([self._block, new[:, :, None].to(self.device)], dim=1), None
         self.rows = self.rows + list(rows)
         self._streams = self._streams + streams
         self._plan = None
@@ -289,12 +289,8 @@ class Sampler:
         if self._block is not None:
             if index is None:
                 index = torch.tensor(list(positions), dtype=torch.long, device=self.device)
-            self._set_block(self._block.index_select(1, index))
+            self._block, self._columns = self._block.index_select(1, index), None
         self._plan = None
-
-    def _set_block(self, block: torch.Tensor) -> None:
-        self._block = block
-        self._columns = block.unbind(0)
 
     def _settle(self) -> _Plan:
         dev, rows = self.device, self.rows
@@ -337,9 +333,10 @@ class Sampler:
         if self._block is None or self._col == self._block.shape[0]:
             zeros = torch.zeros(_UNIFORMS)
             columns = [s.take(_UNIFORMS) if r.temperature > 0 else zeros for r, s in zip(self.rows, self._streams)]
-            self._set_block(torch.stack(columns, dim=1).clamp_(max=_U_MAX)[:, :, None].to(self.device))
+            self._block = torch.stack(columns, dim=1).clamp_(max=_U_MAX)[:, :, None].to(self.device)
+            self._columns = self._block.unbind(0)  # views made once per block; after rows change, indexing
             self._col = 0
-        u = self._columns[self._col]
+        u = self._block[self._col] if self._columns is None else self._columns[self._col]
         self._col += 1
         return u
 
