@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
 import shlex
 import sys
@@ -58,44 +57,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from run_options import CLI_FLAGS, fresh_dir, parse_options, shared_data
+
 DESIGNS = {"every-step": True, "initial": False}
 TONES = ("medium-light", "medium-dark", "medium", "light", "dark")  # longest first: the regex takes the first
 TONE_RE = re.compile(r"\b(" + "|".join(re.escape(t) for t in TONES) + r") skin tone\b")
 # the issue's figures for the 193 test images (pixel retrieval; most frequent caption)
 ISSUE = {"pixel retrieval": {"bleu": 40.0, "chrf": 67.4, "exact": 0.0, "tone": 5.6, "tone_n": 90},
          "most frequent caption": {"bleu": 0.0, "chrf": 7.8}}
-CLI_FLAGS = {"num_layers": "--layers", "type": "--model"}
 FEATURE_SIDE = 16
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("GENRNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def fresh_dir(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``... if a run is already there (genrnn never overwrites a run)."""
-    n, out = 1, path
-    while out.exists():
-        n += 1
-        out = path.with_name(f"{path.name}-{n}")
-    return out
-
-
-def parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_options(pairs: Sequence[str]) -> Dict[str, Any]:
-    options: Dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--option wants KEY=VALUE, got {pair!r}")
-        options[key.strip().replace("-", "_")] = parse_value(value)
-    return options
 
 
 # -- data --------------------------------------------------------------------------
@@ -326,7 +296,7 @@ def main() -> int:
             issue = ISSUE[r["method"]]
             same = all(abs(r[k] - v) < 0.05 + 1e-9 for k, v in issue.items())
             print(f"  {r['method']}: issue " + ", ".join(f"{k} {v:g}" for k, v in issue.items())
-                  + f"; here " + ", ".join(f"{k} {r[k]:.1f}" if k != "tone_n" else f"{k} {r[k]}" for k in issue)
+                  + "; here " + ", ".join(f"{k} {r[k]:.1f}" if k != "tone_n" else f"{k} {r[k]}" for k in issue)
                   + ("  (same)" if same else "  (DIFFERENT)"))
 
         for design in args.designs:

@@ -45,7 +45,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import shlex
 import sys
 import tempfile
@@ -56,41 +55,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from run_options import CLI_FLAGS, fresh_dir, parse_options, shared_data
+
 DESIGNS = {"every-step": True, "initial": False}
 N_HELD_OUT = 1000
 JUDGE_CS = (1.0, 3.0, 10.0, 30.0)
-# option names whose genrnn train flag is not --<name with dashes>
-CLI_FLAGS = {"num_layers": "--layers", "type": "--model"}
-
-
-def shared_data() -> Path:
-    return Path(os.environ.get("GENRNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def fresh_dir(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``... if a run is already there (genrnn never overwrites a run)."""
-    n, out = 1, path
-    while out.exists():
-        n += 1
-        out = path.with_name(f"{path.name}-{n}")
-    return out
-
-
-def parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_options(pairs: Sequence[str]) -> Dict[str, Any]:
-    options: Dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--option wants KEY=VALUE, got {pair!r}")
-        options[key.strip().replace("-", "_")] = parse_value(value)
-    return options
 
 
 def read_rows(path: Path) -> List[Tuple[str, str, str]]:

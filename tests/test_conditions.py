@@ -53,16 +53,15 @@ def fruit_run(fruit_csv, tmp_path_factory) -> genrnn.api.TrainedModel:
                         max_steps=120, lr=0.02, **SMALL)
 
 
-@pytest.fixture(scope="module")
-def squares(tmp_path_factory) -> Path:
-    """Coloured squares of random sizes and places on white, captioned "a COLOUR square"."""
+def draw_squares(folder: Path, n: int = 90) -> Path:
+    """Coloured squares of random sizes and places on white, captioned "a
+    COLOUR square"; returns the table (image paths relative to it)."""
     from PIL import Image
 
-    folder = tmp_path_factory.mktemp("squares")
     (folder / "img").mkdir()
     rng = np.random.default_rng(1)
     rows = []
-    for i in range(90):
+    for i in range(n):
         name = list(COLOURS)[i % 3]
         side = int(rng.integers(16, 40))
         x, y = rng.integers(0, 64 - side, 2)
@@ -70,7 +69,13 @@ def squares(tmp_path_factory) -> Path:
         pixels[y : y + side, x : x + side] = COLOURS[name]
         Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
         rows.append((f"img/{i}.png", f"a {name} square"))
-    write_table(folder / "captions.csv", rows, header=("image", "caption"))
+    return write_table(folder / "captions.csv", rows, header=("image", "caption"))
+
+
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("squares")
+    draw_squares(folder)
     return folder
 
 

@@ -15,7 +15,6 @@ the repository root).
 from __future__ import annotations
 
 import base64
-import csv
 import os
 import shutil
 import time
@@ -30,12 +29,12 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 import genrnn  # noqa: E402
 from genrnn.serve import BackgroundServer, Limits, create_app  # noqa: E402
 
+from test_conditions import COLOURS, FRUIT, draw_squares, write_table  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SWEEP = ["0.3", "0.8", "1", "1.3", "1.8"]
-FRUIT = {"a": "apples are red", "b": "bananas are yellow", "c": "cherries are dark"}
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220)}
 SMALL = dict(hidden_size=48, num_layers=1, embedding_size=16, batch_size=16, sample_every=0, eval_every=1000,
              condition_dim=16, device="cpu")
 
@@ -59,14 +58,6 @@ def hamlet(tmp_path_factory):
 def server(hamlet):
     with BackgroundServer(create_app({"hamlet": hamlet}, Limits())) as srv:
         yield srv
-
-
-def write_table(path: Path, rows, header) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -118,21 +109,9 @@ def captions_server(hamlet, fruit_runs, tmp_path_factory):
     """The plain model, the label model and a captioner of coloured squares (its
     CNN needs about 300 steps to tell red, green and blue apart: ~15 s)."""
     import torch
-    from PIL import Image
 
-    folder = tmp_path_factory.mktemp("squares")
-    (folder / "img").mkdir()
-    rng = np.random.default_rng(1)
-    rows = []
-    for i in range(90):
-        name = list(COLOURS)[i % 3]
-        side = int(rng.integers(16, 40))
-        x, y = rng.integers(0, 64 - side, 2)
-        pixels = np.full((64, 64, 3), 255, np.uint8)
-        pixels[y : y + side, x : x + side] = COLOURS[name]
-        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
-        rows.append((f"img/{i}.png", f"a {name} square"))
-    table = write_table(folder / "captions.csv", rows, ("image", "caption"))
+    table = draw_squares(tmp_path_factory.mktemp("squares"))
+    folder = table.parent
     torch.manual_seed(0)
     squares = genrnn.train(table, fields=["caption"], image_field="image", out=folder / "run", max_steps=300,
                            lr=0.003, **SMALL)

@@ -4,8 +4,6 @@ the model cards, ``condition`` on /v1/completions, /v1/captions, and the 400s.""
 from __future__ import annotations
 
 import base64
-import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
