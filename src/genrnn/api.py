@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 from . import checkpoint as ckpt
 from .config import RunConfig, override, parse_duration
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -139,7 +140,7 @@ class TrainedModel:
         out: List[float] = []
         self.model.eval()
         for i in range(0, len(texts), batch_size):
-            records = [torch.tensor([EOS_ID] + self.tokenizer.encode(t) + [EOS_ID]).numpy() for t in texts[i : i + batch_size]]
+            records = [np.array([EOS_ID] + self.tokenizer.encode(t) + [EOS_ID]) for t in texts[i : i + batch_size]]
             x, y = pad_records(records)
             x, y = x.to(self.runtime.device), y.to(self.runtime.device)
             with self.runtime.autocast():
@@ -171,8 +172,6 @@ class TrainedModel:
 
 def _is_one(condition: Any, kind: str) -> bool:
     """A single condition (rather than one per row)."""
-    import numpy as np
-
     if isinstance(condition, (str, bytes, Path, int, float)):
         return True
     if kind == "vector":
