@@ -106,7 +106,7 @@ async def one_request(port: int, model: str, prompt: str, max_tokens: int, stats
     JSON parsing of the chunks): it shares the machine with the server, and
     an HTTP client parsing every chunk of 64 streams would take the CPU the
     server needs. It only looks for the first ``data:`` (time to first
-    token), the usage of the last chunk and ``[DONE]``.
+    token), an error event, the usage of the last chunk and ``[DONE]``.
     """
     body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8,
                        "stream": True, "stream_options": {"include_usage": True}}).encode()
@@ -115,6 +115,7 @@ async def one_request(port: int, model: str, prompt: str, max_tokens: int, stats
     start = time.perf_counter()
     first: Optional[float] = None
     tail = b""
+    failed = False
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         sock = writer.get_extra_info("socket")
@@ -127,13 +128,14 @@ async def one_request(port: int, model: str, prompt: str, max_tokens: int, stats
                 break
             if first is None and b"data:" in tail + data:
                 first = time.perf_counter() - start
+            failed = failed or b'data: {"error":' in tail[-16:] + data  # the server failed the stream
             tail = (tail + data)[-4096:]
         writer.close()
     except OSError as e:
         stats["errors"].append(f"{type(e).__name__}: {e}")
         return
-    if b"data: [DONE]" not in tail or first is None:  # also any status but 200: no SSE then
-        stats["errors"].append(f"no complete stream: {tail[-200:]!r}")
+    if b"data: [DONE]" not in tail or first is None or failed:  # also any status but 200: no SSE then
+        stats["errors"].append(f"{'an error event' if failed else 'no complete stream'}: {tail[-200:]!r}")
         return
     found = USAGE.findall(tail)
     stats["tokens"] += int(found[-1]) if found else 0

@@ -283,6 +283,34 @@ def test_a_row_draws_the_same_whatever_its_neighbours():
     assert got == want
 
 
+def test_rows_join_whenever_the_uniform_block_stands():
+    """Rows may join at any step of the sampler's block of uniforms: at its
+    start, in the middle, and when it is used up but not yet refilled; each
+    draws what it draws alone."""
+    logits = torch.randn(1, 9)
+
+    def alone(seed: int) -> List[int]:
+        s = sampler(RowSampling(1.0, seed=seed))
+        return [int(s(logits)[0]) for _ in range(70)]
+
+    want = {seed: alone(seed) for seed in (5, 6, 7)}
+    s = sampler(RowSampling(1.0, seed=5))
+    got = {5: [], 6: [], 7: []}
+    rows = [5]
+    for t in range(170):
+        if t == 64:  # the block is used up: the next draw refills it
+            s.add([RowSampling(1.0, seed=6)])
+            rows.append(6)
+        if t == 100:
+            s.add([RowSampling(1.0, seed=7)])
+            rows.append(7)
+        out = s(logits.expand(len(rows), -1)).tolist()
+        for seed, tid in zip(rows, out):
+            if len(got[seed]) < 70:
+                got[seed].append(tid)
+    assert got == want
+
+
 # -- generation ------------------------------------------------------------------------------
 
 

@@ -210,7 +210,9 @@ class Uniforms:
             parts.append(self._left[:k])
             self._left = self._left[k:]
             n -= k
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if parts else torch.empty(0)
 
 
 @dataclass(frozen=True)
