@@ -49,7 +49,6 @@ import torch.nn as nn
 from .. import state as states
 from ..errors import GenrnnError
 from ..sampling import RowSampling, Sampler, TextStream, padded_prompts
-from ..tokenizers import EOS_ID
 
 log = logging.getLogger("genrnn.serve")
 
