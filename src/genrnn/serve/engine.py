@@ -25,8 +25,8 @@ All torch work happens in the engine thread (under ``torch.inference_mode``).
 The engine knows tokens and text, not HTTP: a request hands it row specs and a
 *sink*; the engine calls ``sink.deliver(updates)`` with a list of
 :class:`Update`. A sink with an event ``loop`` attribute is called in that
-loop. Each wake-up of a loop costs it (and, through the GIL, the engine)
-more than a step at batch 1, so per loop at most one delivery is scheduled
+loop. A wake-up of a loop costs it, and through the GIL the engine, about
+half of a step at batch 1, so per loop at most one delivery is scheduled
 at a time, what the engine produces meanwhile is added to it, and text that
 can wait goes at most every :data:`DELIVERY_INTERVAL`; a row's first text
 and its end go at once. A sink whose ``loop`` is None is called in the
