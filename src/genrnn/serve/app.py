@@ -259,7 +259,7 @@ def _card(name: str, run: Any, created: int) -> ModelCard:
 
 def _submit(engine: Engine, name: str, job: "_Job", request: Request):
     """Queue a job's rows; (sink, ticket, the task that cancels them if the client leaves)."""
-    sink = _QueueSink(asyncio.get_running_loop())
+    sink = _QueueSink(asyncio.get_running_loop(), len(job.specs))
     try:
         ticket = engine.submit(name, job.specs, sink)
     except EngineFull as e:
@@ -406,12 +406,29 @@ def _check_failure(update: Update) -> None:
 class _QueueSink:
     """Receives the engine's updates in the event loop (see Engine._publish)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, rows: int):
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.left = rows  # rows that have not ended yet
+        self.pause: Optional[asyncio.Future] = None  # a stream waiting out FLUSH_INTERVAL
 
     def deliver(self, updates: List[Update]) -> None:
         self.queue.put_nowait(updates)
+        self.left -= sum(u.finish_reason is not None for u in updates)
+        if self.left <= 0 and self.pause is not None and not self.pause.done():
+            self.pause.set_result(None)  # every row ended: the last chunk need not wait
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if every row ends meanwhile."""
+        if self.left <= 0:
+            return
+        self.pause = self.loop.create_future()
+        timer = self.loop.call_later(seconds, _set_none, self.pause)
+        try:
+            await self.pause
+        finally:
+            timer.cancel()
+            self.pause = None
 
     async def next_batch(self) -> Optional[List[Update]]:
         """All updates that arrived, waiting for at least one; None once the client left."""
@@ -425,6 +442,11 @@ class _QueueSink:
                 return None
             batch.extend(more)
         return batch
+
+
+def _set_none(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _watch_disconnect(request: Request, ticket, sink: _QueueSink) -> None:
@@ -491,7 +513,7 @@ async def _stream(job: _Job, sink: _QueueSink, ticket, watcher: asyncio.Task):
         while left:
             wait = last_write + FLUSH_INTERVAL - loop.time()
             if wait > 0:
-                await asyncio.sleep(wait)
+                await sink.wait(wait)
             batch = await sink.next_batch()
             if batch is None:
                 return
