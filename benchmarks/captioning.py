@@ -57,7 +57,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from run_options import CLI_FLAGS, fresh_dir, parse_options, shared_data
+from run_options import CLI_FLAGS, checked_options, fresh_dir, shared_data
 
 DESIGNS = {"every-step": True, "initial": False}
 TONES = ("medium-light", "medium-dark", "medium", "light", "dark")  # longest first: the regex takes the first
@@ -242,21 +242,8 @@ def main() -> int:
     from genrnn.config import parse_duration
 
     args.seconds = parse_duration(args.time)
-    options = parse_options(args.option)
-    for reserved in ("condition_every_step", "time", "sample_every"):
-        if reserved in options:
-            print(f"--option {reserved} is set by the benchmark itself (use --designs / --time)", file=sys.stderr)
-            return 2
-    from genrnn.config import RunConfig, override
-    from genrnn.errors import GenrnnError
-
-    try:  # a misspelt option or preset fails now, not after the first training run
-        from genrnn.presets import load_preset
-
-        preset = {k: v for k, v in load_preset(args.preset).items() if k != "time"} if args.preset else {}
-        override(RunConfig(), **{**preset, **options}).validate()
-    except GenrnnError as e:
-        print(f"genrnn: error: {e}", file=sys.stderr)
+    options = checked_options(args.option, args.preset, ("condition_every_step", "time", "sample_every"))
+    if options is None:
         return 2
     if args.baselines_only:
         args.designs, args.features_baseline = [], False
