@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .corpora import format_of as _format_of
 from .data import IGNORE, document_records, make_eval_set, pad_records, split_documents
 from .errors import GenrnnError
 from .evaluate import evaluate
@@ -33,6 +34,8 @@ from .tokenizers import EOS_ID
 from .trainer import RESUMABLE, Callbacks, CorpusSpec, TrainResult, Trainer, default_run_dir, load_documents
 
 Sources = Union[str, Path, Sequence[Union[str, Path]], None]
+
+TASKS = ("lm", "seq2seq")
 
 
 def _sources(corpus: Sources) -> tuple:
@@ -193,7 +196,8 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
           progress_download: bool = False, preset: Optional[str] = None,
           condition_field: Optional[str] = None, image_field: Optional[str] = None,
           condition_vectors: Union[str, Path, None] = None, condition_names: Union[str, Path, None] = None,
-          **options: Any) -> TrainedModel:
+          task: str = "lm", source_field: Optional[str] = None, target_field: Optional[str] = None,
+          quotes: bool = True, **options: Any) -> TrainedModel:
     """Train a model and return it loaded (``.result`` holds the run summary).
 
     ``corpus``: a path, a folder, a named corpus (default ``python-docs``) or a
@@ -209,7 +213,15 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
     table's folder), ``condition_vectors`` a ``.npy`` file with one row per
     record; ``condition_names`` a file naming the labels, one per line.
     They need ``layout="lines"``, which they set when it is not given.
+
+    Sequence to sequence (``task="seq2seq"``): a table's ``source_field`` and
+    ``target_field`` (``fields`` may name several target columns instead), or
+    ``corpus`` = two parallel text files, source side first; ``attention=True``,
+    ``bidirectional=True``, ``shared_vocab=False`` are model options.
+    ``quotes=False`` reads CSV/TSV fields literally (``"`` is a character).
     """
+    if task not in TASKS:
+        raise GenrnnError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if preset is not None:
         if resume is not None:
             raise GenrnnError("a resumed run keeps its own settings; leave out the preset")
@@ -228,12 +240,32 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
         trainer = Trainer(run_config, spec, run_dir, resume=True, callbacks=callbacks,
                           progress_download=progress_download)
     else:
+        parallel = False
+        if task == "seq2seq":
+            if condition_field or image_field or condition_vectors is not None:
+                raise GenrnnError("a sequence-to-sequence run is conditioned on its source: give --source-field, "
+                                  "not a label, vector or image")
+            sources = _sources(corpus)
+            if source_field is None:
+                parallel = len(sources) == 2 and all(_format_of(Path(x), format) == "text" for x in sources)
+                if not parallel:
+                    raise GenrnnError("sequence to sequence reads pairs: give a table's --source-field and "
+                                      "--target-field, or two parallel text files (source, then target)")
+            if target_field is not None:
+                fields = (target_field,)
+            elif source_field is not None and not fields:
+                raise GenrnnError("give the target side's column with --target-field")
+            condition_field = source_field
+        elif source_field is not None or target_field is not None:
+            raise GenrnnError("--source-field and --target-field are for --task seq2seq")
         given = [k for k, v in (("condition_field", condition_field), ("image_field", image_field),
                                 ("condition_vectors", condition_vectors)) if v is not None]
         if len(given) > 1:
             raise GenrnnError(f"give one condition, not {' and '.join(given)}")
         kind = {"condition_field": "label", "image_field": "image", "condition_vectors": "vector"}.get(
             given[0]) if given else None
+        if task == "seq2seq":
+            kind = "text"
         if kind is not None and "layout" not in options and (config is None or config.data.layout == "stream"):
             options["layout"] = "lines"  # a condition belongs to a record
         if condition_names is not None and kind != "label":
@@ -243,7 +275,8 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
                           fields=tuple(str(f) for f in fields), encoding=encoding, errors=errors, fmt=format,
                           condition=kind, condition_field=condition_field if condition_field is not None else image_field,
                           condition_vectors=None if condition_vectors is None else str(condition_vectors),
-                          condition_names=None if condition_names is None else str(condition_names))
+                          condition_names=None if condition_names is None else str(condition_names),
+                          parallel=parallel, quotes=quotes)
         run_dir = Path(out) if out is not None else default_run_dir(spec)
         trainer = Trainer(run_config, spec, run_dir, callbacks=callbacks, progress_download=progress_download)
     result = trainer.run()

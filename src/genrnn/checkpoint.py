@@ -60,10 +60,14 @@ def write_config(run_dir: Path, config: RunConfig, tokenizer: Tokenizer, corpus:
 
 
 def read_condition(run_dir: Path) -> Optional[ConditionSpec]:
-    """What a conditioned run generates from (labels, vector width, image size); None if nothing."""
+    """What a conditioned run generates from (labels, vector width, image size, source
+    sentences: with the run's own tokenizer when the vocabulary is shared); None if nothing."""
     path = Path(run_dir) / CONFIG
     try:
-        spec = ConditionSpec.from_dict(json.loads(path.read_text(encoding="utf-8")).get("condition"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        entry = doc.get("condition")
+        shared = isinstance(entry, dict) and entry.get("kind") == "text" and entry.get("shared") is True
+        spec = ConditionSpec.from_dict(entry, tokenizer_from_dict(doc.get("tokenizer")) if shared else None)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
         raise GenrnnError(f"{path} is corrupt: {e}") from None
     except GenrnnError as e:

@@ -9,13 +9,16 @@ server -- encodes it here, so a bad value gets the same clear error everywhere:
 
 * label: a label's value or its name (``2`` or ``Sports``) -> its id, (B,) int64;
 * vector: rows of floats of the run's width -> (B, D) float32;
-* image: paths, bytes, or uint8 arrays -> (B, 3, S, S) uint8 (:mod:`genrnn.images`).
+* image: paths, bytes, or uint8 arrays -> (B, 3, S, S) uint8 (:mod:`genrnn.images`);
+* text: source sentences (sequence to sequence) -> token ids ``source <eos>``,
+  right-padded with ``<pad>`` (0), (B, S) int64, with the source tokenizer
+  (the run's own when the vocabulary is shared).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -24,7 +27,7 @@ import torch
 
 from .errors import GenrnnError
 
-KINDS = ("label", "vector", "image")
+KINDS = ("label", "vector", "image", "text")
 MAX_LABELS = 10_000
 
 
@@ -33,7 +36,15 @@ class ConditionSpec:
     kind: str
     labels: Tuple[str, ...] = ()  # label: the values, in id order
     names: Tuple[str, ...] = ()  # label: a readable name per value ("" where none)
-    size: int = 0  # vector: width; image: side in pixels; label: number of labels
+    size: int = 0  # vector: width; image: side in pixels; label: number of labels; text: source vocabulary
+    max_length: int = 0  # text: the most source tokens (with its <eos>) a sentence may have
+    shared: bool = True  # text: the source uses the run's own tokenizer (else ``source`` is its own)
+    source: Any = field(default=None, compare=False, repr=False)  # text: the source Tokenizer
+
+    @classmethod
+    def for_text(cls, source, max_length: int, shared: bool) -> "ConditionSpec":
+        """A sequence-to-sequence run's source side: its tokenizer and length limit."""
+        return cls("text", size=source.vocab_size, max_length=max_length, shared=shared, source=source)
 
     # -- building ----------------------------------------------------------------------
 
@@ -53,10 +64,15 @@ class ConditionSpec:
         return cls("label", labels, tuple(names) if names is not None else ("",) * len(labels), len(labels))
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"kind": self.kind, "labels": list(self.labels), "names": list(self.names), "size": self.size}
+        d = {"kind": self.kind, "labels": list(self.labels), "names": list(self.names), "size": self.size}
+        if self.kind == "text":
+            d.update(max_length=self.max_length, shared=self.shared,
+                     tokenizer=None if self.shared else self.source.to_dict())
+        return d
 
     @classmethod
-    def from_dict(cls, d: Any) -> Optional["ConditionSpec"]:
+    def from_dict(cls, d: Any, tokenizer=None) -> Optional["ConditionSpec"]:
+        """``tokenizer``: the run's own, the source side's when it is shared."""
         if d is None:
             return None
         if not isinstance(d, dict) or d.get("kind") not in KINDS:
@@ -64,7 +80,17 @@ class ConditionSpec:
         labels, names = d.get("labels", []), d.get("names", [])
         if not all(isinstance(x, str) for x in list(labels) + list(names)) or not isinstance(d.get("size"), int):
             raise GenrnnError("the run's condition entry is corrupt (labels, names and size)")
-        return cls(d["kind"], tuple(labels), tuple(names), d["size"])
+        if d["kind"] != "text":
+            return cls(d["kind"], tuple(labels), tuple(names), d["size"])
+        from .tokenizers import tokenizer_from_dict
+
+        shared, max_length = d.get("shared"), d.get("max_length")
+        if not isinstance(shared, bool) or not isinstance(max_length, int) or max_length < 2:
+            raise GenrnnError("the run's condition entry is corrupt (shared and max_length of the source)")
+        source = tokenizer if shared else tokenizer_from_dict(d.get("tokenizer"))
+        if source is None or source.vocab_size != d["size"]:
+            raise GenrnnError("the run's condition entry is corrupt (the source vocabulary's size)")
+        return cls.for_text(source, max_length, shared)
 
     # -- describing --------------------------------------------------------------------
 
@@ -77,6 +103,9 @@ class ConditionSpec:
             return f"{self.size} labels ({_show(self.label_names())})"
         if self.kind == "vector":
             return f"vectors of {self.size}"
+        if self.kind == "text":
+            vocab = "shared vocabulary" if self.shared else f"source vocabulary {self.size}"
+            return f"source sentences (up to {self.max_length} tokens, {vocab})"
         return f"{self.size}x{self.size} images"
 
     # -- encoding ----------------------------------------------------------------------
@@ -99,7 +128,30 @@ class ConditionSpec:
             return torch.tensor([self.label_id(v) for v in values], dtype=torch.long)
         if self.kind == "vector":
             return self.encode_vectors(values)
+        if self.kind == "text":
+            return self.encode_texts(values)
         return self.encode_images(values)
+
+    def source_ids(self, text: Any) -> np.ndarray:
+        """One source sentence as ``ids <eos>``; GenrnnError if it is empty or too long."""
+        from .tokenizers import EOS_ID
+
+        if not isinstance(text, str):
+            raise GenrnnError(f"a source sentence must be text, not {type(text).__name__}")
+        ids = np.asarray(self.source.encode_array(" ".join(text.split("\n")).strip()), dtype=np.int64)
+        if len(ids) == 0:
+            raise GenrnnError("the source sentence is empty")
+        if len(ids) + 1 > self.max_length:
+            raise GenrnnError(f"the source sentence has {len(ids) + 1} tokens (with its end), over this run's limit "
+                              f"of {self.max_length} (its --seq-len); split it or train with a larger --seq-len")
+        return np.append(ids, EOS_ID)
+
+    def encode_texts(self, values: Sequence[Any]) -> torch.Tensor:
+        rows = [self.source_ids(v) for v in values]
+        out = torch.zeros(len(rows), max((len(r) for r in rows), default=1), dtype=torch.long)  # 0 = <pad>
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.from_numpy(r)
+        return out
 
     def encode_vectors(self, values: Any) -> torch.Tensor:
         try:

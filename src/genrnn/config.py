@@ -25,7 +25,7 @@ from .errors import GenrnnError
 FORMAT_VERSION = 1
 
 CELLS = ("lstm", "gru", "rnn")
-CONDITIONS = ("none", "label", "vector", "image")
+CONDITIONS = ("none", "label", "vector", "image", "text")
 LAYOUTS = ("stream", "lines")
 TOKENIZER_KINDS = ("char", "word", "whitespace")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -51,6 +51,10 @@ class ModelConfig:
     condition_size: int = 0
     condition_dim: int = 64  # width of the learned condition embedding
     condition_every_step: bool = True  # also feed the embedding at every step, not only the initial state
+    # Sequence to sequence (condition "text"): the encoder reads both ways; the decoder attends over
+    # the encoder's outputs (Luong's "general" score, after the decoder's top layer).
+    bidirectional: bool = False
+    attention: bool = False
 
     def validate(self) -> None:
         from .models import MODELS  # here, not at the top: models import this module
@@ -64,6 +68,11 @@ class ModelConfig:
                 raise GenrnnError("the markov model cannot be conditioned; use --model rnn")
             _positive("condition_size", self.condition_size)
             _positive("condition_dim", self.condition_dim)
+        if (self.attention or self.bidirectional) and self.condition not in ("text", "none"):  # none: not yet known
+            raise GenrnnError("--attention and --bidirectional are options of a sequence-to-sequence model "
+                              "(--task seq2seq)")
+        if self.bidirectional and self.hidden_size % 2:
+            raise GenrnnError("--bidirectional splits --hidden-size between the two directions: make it even")
         _choice("cell", self.cell, CELLS)
         _positive("hidden_size", self.hidden_size)
         _positive("num_layers", self.num_layers)
@@ -95,6 +104,8 @@ class DataConfig:
     # 1 = every window starts from a zero state and batches are independent
     # draws; measured best for short budgets (see DESIGN.md).
     state_span: int = 1
+    # sequence to sequence: one tokenizer for the source and the target sides (fitted on both)
+    shared_vocab: bool = True
 
     def validate(self) -> None:
         _choice("tokenizer", self.tokenizer, TOKENIZER_KINDS)

@@ -279,6 +279,8 @@ def load_corpus(
     progress: bool = False,
     condition_field: str | None = None,
     condition_paths: bool = False,
+    quotes: bool = True,
+    pairs: bool = False,
 ) -> list[Document]:
     """Read every source, in order, into one list of documents.
 
@@ -293,7 +295,10 @@ def load_corpus(
     single-file corpora ignore it. ``progress`` shows a download bar.
     ``condition_field`` names the column (or key) each table row is
     conditioned on; with ``condition_paths`` its values are file paths,
-    relative to the table's folder.
+    relative to the table's folder. ``quotes=False`` reads CSV/TSV fields
+    literally (a ``"`` is a character, as in a plain TSV export). ``pairs``:
+    the condition is a source sentence (sequence to sequence), and a row with
+    an empty target is an error rather than skipped.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]  # one path given bare; iterating it would give characters
@@ -307,7 +312,7 @@ def load_corpus(
         raise GenrnnError(f"unknown encoding {encoding!r}: use a Python codec name such as utf-8 or latin-1") from None
     fields = tuple(fields)
     reader = _Reader(fields=fields, encoding=encoding, errors=errors, condition_field=condition_field,
-                     condition_paths=condition_paths)
+                     condition_paths=condition_paths, quotes=quotes, pairs=pairs)
 
     names = [os.fspath(s) for s in sources] or [DEFAULT_CORPUS]
     documents: list[Document] = []
@@ -322,7 +327,7 @@ def load_corpus(
             else:
                 raise GenrnnError(f"{path} is neither a regular file nor a folder; give a text file or a folder of them")
             for file in files:
-                file_fmt = _format_of(file, fmt)
+                file_fmt = format_of(file, fmt)
                 saw_table |= file_fmt != "text"
                 documents.extend(reader.read(file, str(file), file_fmt))
             continue
@@ -333,7 +338,7 @@ def load_corpus(
             continue
         file = fetch(corpus.name, corpus_split, cache_dir=cache_dir, progress=progress)
         corpus_reader = _Reader(fields=fields or corpus.default_fields, encoding="utf-8", errors="strict",
-                                condition_field=condition_field, condition_paths=condition_paths)
+                                condition_field=condition_field, condition_paths=condition_paths, pairs=pairs)
         saw_table |= corpus.fmt != "text"
         documents.extend(corpus_reader.read(file, f"{corpus.name}/{corpus_split}", corpus.fmt))
 
@@ -347,7 +352,8 @@ def load_corpus(
     return documents
 
 
-def _format_of(path: Path, fmt: str) -> str:
+def format_of(path: Path, fmt: str) -> str:
+    """A file's format: ``fmt`` unless "auto", else from its extension (text by default)."""
     if fmt != "auto":
         return fmt
     return _EXTENSION_FORMATS.get(path.suffix.lower(), "text")
@@ -420,6 +426,39 @@ def _python_docs_text() -> str:
 _BUILTIN_TEXTS = {"python-docs": _python_docs_text}
 
 
+def load_parallel(source: PathLike, target: PathLike, *, encoding: str = "utf-8",
+                  errors: str = "strict") -> list[Document]:
+    """Two parallel text files, one sentence per line: line i of ``target``
+    with line i of ``source`` as its condition (sequence to sequence). Lines
+    empty on both sides are skipped; one side empty is an error, as is a
+    different number of lines."""
+    reader = _Reader(fields=(), encoding=encoding, errors=errors)
+    sides = []
+    for p in (Path(source), Path(target)):
+        if not p.is_file():
+            raise GenrnnError(f"no such file: {p} (parallel files are the source side, then the target side)")
+        sides.append(_normalize(reader._decode(p)).split("\n"))
+    src, tgt = sides
+    while src and not src[-1].strip():
+        src.pop()
+    while tgt and not tgt[-1].strip():
+        tgt.pop()
+    if len(src) != len(tgt):
+        raise GenrnnError(f"{source} has {len(src):,} lines but {target} has {len(tgt):,}; parallel files need one "
+                          "sentence per line on both sides")
+    docs = []
+    for i, (a, b) in enumerate(zip(src, tgt), 1):
+        if not a.strip() and not b.strip():
+            continue
+        if not a.strip() or not b.strip():
+            empty = source if not a.strip() else target
+            raise GenrnnError(f"{empty}: line {i} is empty but its other side is not; every pair needs both sides")
+        docs.append(Document(text=b.strip(), source=f"{target}:line {i}", record=True, condition=a.strip()))
+    if not docs:
+        raise GenrnnError(f"{source} and {target} hold no pairs")
+    return docs
+
+
 def _normalize(text: str) -> str:
     return _strip_bom(text).replace("\r\n", "\n").replace("\r", "\n")
 
@@ -433,6 +472,8 @@ class _Reader:
     errors: str
     condition_field: Optional[str] = None
     condition_paths: bool = False
+    quotes: bool = True
+    pairs: bool = False
 
     def read(self, path: Path, label: str, fmt: str) -> list[Document]:
         """``label`` names the documents; errors name ``path``, the real file."""
@@ -462,6 +503,9 @@ class _Reader:
                 if self.condition_paths:
                     condition = str(path.parent / condition)
             joined = _normalize(" ".join(v for v in values if v.strip()))
+            if self.pairs and not joined.strip():
+                raise GenrnnError(f"{path}: line {line} has an empty target ({_show(self.fields)}) for its source "
+                                  f"{condition[:60]!r}; every pair needs both sides")
             if joined.strip():
                 documents.append(Document(text=joined, source=f"{label}:line {line}", record=True,
                                           condition=condition))
@@ -496,7 +540,8 @@ class _Reader:
         by_index = bool(self.fields) and all(_COLUMN_INDEX.fullmatch(f) for f in names)
         with _csv_field_limit(len(text)):
             # newline="" keeps quoted line breaks inside fields intact, as the csv docs ask.
-            reader = csv.reader(io.StringIO(_strip_bom(text), newline=""), delimiter=delimiter)
+            reader = csv.reader(io.StringIO(_strip_bom(text), newline=""), delimiter=delimiter,
+                                quoting=csv.QUOTE_MINIMAL if self.quotes else csv.QUOTE_NONE)
             rows = list(_numbered_rows(reader))
         if not rows:
             return

@@ -352,6 +352,7 @@ class Dataset:
     val: Optional[EvalSet]
     train_targets: int
     condition: Optional[ConditionSpec] = None
+    skipped: int = 0  # sequence to sequence: pairs left out for being over the length limit
 
 
 def make_eval_set(tokenizer: Tokenizer, texts: List[str], config: DataConfig,
@@ -426,12 +427,30 @@ def build_dataset(
     image) or None; its spec (label vocabulary, sizes) is built from the
     training split unless given (resume)."""
     split = split_documents(train_docs, val_docs, config, vectors, val_vectors)
+    if condition == "text" and config.layout != "lines":
+        raise GenrnnError("sequence to sequence needs one pair per record: --layout lines")
     train_texts, val_texts = split.train, split.val
     if tokenizer is None:
-        tokenizer = build_tokenizer(config.tokenizer, train_texts, lower=config.lower, vocab_size=config.vocab_size)
+        both = train_texts + list(split.train_conditions or []) if condition == "text" and config.shared_vocab else []
+        tokenizer = build_tokenizer(config.tokenizer, both or train_texts, lower=config.lower,
+                                    vocab_size=config.vocab_size)
     spec = condition_spec
-    if condition is not None and spec is None:
+    if condition == "text" and spec is None:
+        source = tokenizer if config.shared_vocab else build_tokenizer(
+            config.tokenizer, split.train_conditions or [], lower=config.lower, vocab_size=config.vocab_size)
+        spec = ConditionSpec.for_text(source, config.seq_len, config.shared_vocab)
+    elif condition is not None and spec is None:
         spec = for_records(condition, split.train_conditions, label_names)
+    skipped = 0
+    if spec is not None and spec.kind == "text":
+        (train_texts, split.train_conditions), n = _fitting_pairs(tokenizer, spec, train_texts,
+                                                                  split.train_conditions, config.seq_len)
+        (val_texts, split.val_conditions), _ = _fitting_pairs(tokenizer, spec, val_texts, split.val_conditions,
+                                                              config.seq_len)
+        skipped = n
+        if not train_texts:
+            raise GenrnnError(f"every training pair is over --seq-len {config.seq_len} tokens on one side; "
+                              "give a larger --seq-len")
     if config.layout == "lines":
         owners: List[int] = []
         records = encode_records(tokenizer, train_texts, config.seq_len, owners)
@@ -445,4 +464,21 @@ def build_dataset(
         train = StreamBatches(tokens, config.batch_size, config.seq_len, config.state_span, seed)
         n_targets = len(tokens) - 1
     val = make_eval_set(tokenizer, val_texts, config, split.val_conditions, spec) if val_texts else None
-    return Dataset(tokenizer, train, val, n_targets, spec)
+    return Dataset(tokenizer, train, val, n_targets, spec, skipped)
+
+
+def _fitting_pairs(tokenizer: Tokenizer, spec: ConditionSpec, targets: List[str], sources: Optional[List[Any]],
+                   seq_len: int) -> Tuple[Tuple[List[str], List[Any]], int]:
+    """The (target, source) pairs whose both sides fit ``seq_len`` (a target
+    with its two <eos>, a source with its one), and how many were left out: a
+    sequence-to-sequence record is never cut into windows, its decoder state
+    starts from its own source."""
+    if sources is None:
+        raise GenrnnError("sequence to sequence needs a source for every target (--source-field)")
+    keep_t: List[str] = []
+    keep_s: List[Any] = []
+    for t, src in zip(targets, sources):
+        if len(tokenizer.encode_array(t)) + 1 <= seq_len and 0 < len(spec.source.encode_array(src)) + 1 <= seq_len:
+            keep_t.append(t)
+            keep_s.append(src)
+    return (keep_t, keep_s), len(targets) - len(keep_t)

@@ -3,7 +3,8 @@
 A model's state is any nesting of tuples (or lists) of tensors, or None for
 "start from zeros". Every tensor in it has the batch in dimension 1 -- the
 RNN's ``(layers, B, H)``, a carried condition's ``(1, B, C)``, the Markov
-model's ``(1, B, order - 1)`` -- so the trainer, evaluation, generation, the
+model's ``(1, B, order - 1)``, a sequence-to-sequence model's memory
+``(S, B, H)`` and mask ``(S, B)`` -- so the trainer, evaluation, generation, the
 serving engine and DDP can detach it, select or join rows, and shard it
 without knowing what it holds.
 
@@ -49,14 +50,29 @@ def select_rows(state: State, index: Union[torch.Tensor, slice, Sequence[int]]) 
 
 
 def cat_rows(a: State, b: State) -> State:
-    """``a``'s rows, then ``b``'s. Two states of one model have the same nesting."""
+    """``a``'s rows, then ``b``'s. Two states of one model have the same nesting.
+
+    Tensors that differ in another dimension than the batch (a sequence-to-
+    sequence model's memory (S, B, H) of sources of different lengths) are
+    zero-padded to the larger; a model marks such padding with zeros (the
+    memory's mask is 1 at real positions)."""
     if a is None or b is None:
         if a is None and b is None:
             return None
         raise ValueError("cannot join a zero (None) state with a real one; start both from model.start()")
     if isinstance(a, (tuple, list)):
         return tuple(cat_rows(x, y) for x, y in zip(a, b))
+    if a.shape[:BATCH_DIM] + a.shape[BATCH_DIM + 1 :] != b.shape[:BATCH_DIM] + b.shape[BATCH_DIM + 1 :]:
+        a, b = _pad_to(a, b), _pad_to(b, a)
     return torch.cat([a, b], dim=BATCH_DIM)
+
+
+def _pad_to(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``x`` zero-padded at the end of every dimension but the batch to ``other``'s size where larger."""
+    pad = []
+    for d in reversed(range(x.dim())):
+        pad += [0, 0 if d == BATCH_DIM else max(0, other.shape[d] - x.shape[d])]
+    return torch.nn.functional.pad(x, pad) if any(pad) else x
 
 
 def batch_size(state: State) -> Optional[int]:

@@ -35,7 +35,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .conditions import read_names, read_vectors
 from .config import RunConfig, auto_lr
-from .corpora import CORPORA, corpus_splits, load_corpus
+from .corpora import CORPORA, corpus_splits, load_corpus, load_parallel
 from .data import IGNORE, Dataset, build_dataset
 from .errors import GenrnnError
 from .evaluate import evaluate
@@ -61,19 +61,22 @@ class CorpusSpec:
     encoding: str = "utf-8"
     errors: str = "strict"
     fmt: str = "auto"
-    # what each record is conditioned on: None, "label" or "image" (from condition_field), or
-    # "vector" (row i of condition_vectors for record i); condition_names names the labels
+    # what each record is conditioned on: None, "label", "image" or "text" (a source sentence, from
+    # condition_field or the first of two parallel files), or "vector" (row i of condition_vectors for
+    # record i); condition_names names the labels
     condition: Optional[str] = None
     condition_field: Optional[str] = None
     condition_vectors: Optional[str] = None
     condition_names: Optional[str] = None
+    parallel: bool = False  # sources (and val) are two text files, source and target, one pair per line
+    quotes: bool = True  # CSV/TSV: "..." quotes a field (False: a quote is a character)
 
     def to_dict(self) -> Dict[str, Any]:
         return {"sources": list(self.sources), "val": None if self.val is None else list(self.val),
                 "glob": self.glob, "fields": list(self.fields), "encoding": self.encoding,
                 "errors": self.errors, "fmt": self.fmt, "condition": self.condition,
                 "condition_field": self.condition_field, "condition_vectors": self.condition_vectors,
-                "condition_names": self.condition_names}
+                "condition_names": self.condition_names, "parallel": self.parallel, "quotes": self.quotes}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "CorpusSpec":
@@ -81,12 +84,21 @@ class CorpusSpec:
                    glob=d.get("glob", "*.txt"), fields=tuple(d.get("fields", ())),
                    encoding=d.get("encoding", "utf-8"), errors=d.get("errors", "strict"), fmt=d.get("fmt", "auto"),
                    condition=d.get("condition"), condition_field=d.get("condition_field"),
-                   condition_vectors=d.get("condition_vectors"), condition_names=d.get("condition_names"))
+                   condition_vectors=d.get("condition_vectors"), condition_names=d.get("condition_names"),
+                   parallel=bool(d.get("parallel", False)), quotes=bool(d.get("quotes", True)))
 
     def validate(self) -> None:
-        if self.condition not in (None, "label", "vector", "image"):
+        if self.condition not in (None, "label", "vector", "image", "text"):
             raise GenrnnError(f"unknown condition kind {self.condition!r}")
-        if (self.condition in ("label", "image")) != (self.condition_field is not None):
+        if self.parallel:
+            if self.condition != "text" or len(self.sources) != 2 or (self.val is not None and len(self.val) != 2):
+                raise GenrnnError("parallel files are two text files, the source side then the target side "
+                                  "(and --val likewise two)")
+        elif self.condition == "text" and self.condition_field is None:
+            raise GenrnnError("sequence to sequence reads pairs: give a table's --source-field and --target-field, "
+                              "or two parallel text files (source, then target)")
+        if (self.condition in ("label", "image")) != (self.condition_field is not None) \
+                and self.condition != "text":
             raise GenrnnError("a label or image condition needs its column (--condition-field / --image-field)")
         if (self.condition == "vector") != (self.condition_vectors is not None):
             raise GenrnnError("a vector condition needs its file (--condition-vectors / --image-features)")
@@ -95,9 +107,12 @@ class CorpusSpec:
                               "validation split with --val-fraction instead of --val")
 
     def load(self, sources: Sequence[str], split: str = "train", progress: bool = False):
+        if self.parallel:
+            return load_parallel(sources[0], sources[1], encoding=self.encoding, errors=self.errors)
         return load_corpus(list(sources), glob=self.glob, fields=tuple(self.fields), encoding=self.encoding,
                            errors=self.errors, fmt=self.fmt, split=split, progress=progress,
-                           condition_field=self.condition_field, condition_paths=self.condition == "image")
+                           condition_field=self.condition_field, condition_paths=self.condition == "image",
+                           quotes=self.quotes, pairs=self.condition == "text")
 
     def dataset_options(self) -> Dict[str, Any]:
         """What ``build_dataset`` needs to condition the records."""
@@ -439,6 +454,8 @@ class Trainer:
         source = self.data.val if self.data.val is not None else None
         table = source.conditions if source is not None else self.data.train.conditions
         n = min(3, len(table))
+        if spec.kind == "text":
+            return [spec.source.decode(row.tolist()) for row in table[:n]], table[:n]
         return [f"{spec.kind} {i}" for i in range(n)], table[:n]
 
     def _fit(self) -> TrainResult:

@@ -7,29 +7,38 @@ fed at every step. One encoder per kind of condition, chosen by name from
 
 * ``label``  -- label ids (B,) int64 -> a learned embedding per label;
 * ``vector`` -- feature vectors (B, D) float, e.g. a pretrained CNN's -> a linear map;
-* ``image``  -- images (B, 3, S, S) uint8 -> a small CNN trained with the decoder.
+* ``image``  -- images (B, 3, S, S) uint8 -> a small CNN trained with the decoder;
+* ``text``   -- source token ids (B, S), right-padded with 0 -> an RNN encoder
+  (sequence to sequence), which also returns its outputs, the *memory* the
+  decoder attends over, and their mask.
+
+Each is built from the model's config (``ENCODERS[kind](config)``).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..config import ModelConfig
 
 
 class LabelEncoder(nn.Module):
-    def __init__(self, num_labels: int, dim: int):
+    def __init__(self, config: ModelConfig):
         super().__init__()
-        self.embedding = nn.Embedding(num_labels, dim)
+        self.embedding = nn.Embedding(config.condition_size, config.condition_dim)
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, dim)
         return self.embedding(labels)
 
 
 class VectorEncoder(nn.Module):
-    def __init__(self, width: int, dim: int):
+    def __init__(self, config: ModelConfig):
         super().__init__()
+        width, dim = config.condition_size, config.condition_dim
         self.norm = nn.LayerNorm(width)  # features of any scale (raw CNN activations, one-hots...)
         self.proj = nn.Linear(width, dim)
 
@@ -46,8 +55,9 @@ class ConvEncoder(nn.Module):
     every image within a few steps (at 2e-3 it learned); a tanh output
     saturated the same way. Other image sizes are pooled to 4x4 too."""
 
-    def __init__(self, image_size: int, dim: int):
+    def __init__(self, config: ModelConfig):
         super().__init__()
+        dim = config.condition_dim
         layers = []
         channels = [3, 32, 64, 128, 128]
         for a, b in zip(channels, channels[1:]):
@@ -61,8 +71,44 @@ class ConvEncoder(nn.Module):
         return self.proj(self.features(x))
 
 
-ENCODERS: Dict[str, Callable[[int, int], nn.Module]] = {
+class TextEncoder(nn.Module):
+    """An embedding and an LSTM/GRU/RNN of the decoder's cell, width and depth
+    over the source ids (B, S), right-padded with 0 and packed so that padding
+    never enters the state. Returns ``(summary (B, C), memory (B, S', H),
+    valid (B, S'))``: the last layer's final state (both directions' joined
+    when bidirectional), projected to the condition width; the outputs at
+    every source position (S' = the batch's longest source); and a mask that
+    is 1 at real tokens. Bidirectional: H/2 per direction, so memory is H wide."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        H, E = config.hidden_size, config.embedding_size or config.hidden_size
+        self.bidirectional = config.bidirectional
+        per_direction = H // 2 if config.bidirectional else H
+        self.embedding = nn.Embedding(config.condition_size, E, padding_idx=0)
+        cell = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[config.cell]
+        self.rnn = cell(E, per_direction, num_layers=config.num_layers, batch_first=True,
+                        bidirectional=config.bidirectional, dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(config.dropout)
+        self.proj = nn.Linear(2 * per_direction if config.bidirectional else per_direction, config.condition_dim)
+
+    def forward(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lengths = (ids != 0).sum(1)
+        if bool((lengths == 0).any()):
+            raise ValueError("an empty source sentence (every source ends with <eos>)")
+        ids = ids[:, : int(lengths.max())]
+        x = self.drop(self.embedding(ids))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, state = self.rnn(packed)
+        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])  # (B, S, H)
+        h = state[0] if isinstance(state, tuple) else state  # (layers * directions, B, per_direction)
+        final = torch.cat([h[-2], h[-1]], dim=-1) if self.bidirectional else h[-1]
+        return self.proj(final), self.drop(memory), (ids != 0).to(memory.dtype)
+
+
+ENCODERS: Dict[str, Callable[[ModelConfig], nn.Module]] = {
     "label": LabelEncoder,
     "vector": VectorEncoder,
     "image": ConvEncoder,
+    "text": TextEncoder,
 }

@@ -15,6 +15,18 @@ every step, and then it rides in the state, ``(rnn_state, embedding (1, B, C))``
 so that ``step`` needs nothing but the state (and row selection keeps each
 row's own condition).
 
+A sequence-to-sequence model is the same decoder conditioned on a source
+sentence (``condition`` text): the encoder is an RNN (:class:`.encoders.TextEncoder`)
+whose final state sets the decoder's initial state. With ``attention`` its
+outputs at every source position, the memory (S, B, H), and their mask
+(S, B) (1 at real tokens, 0 at padding) ride in the state too, and after
+the decoder's top layer each step attends over them (Luong et al. 2015,
+"general" score ``h W m``, output ``tanh(W_c [context; h])``). Luong's
+rather than Bahdanau's because the attention comes after the recurrence:
+training runs the decoder as one fused RNN call over the whole target and
+the attention as one batched product, where Bahdanau's feeds each step's
+context into the next step's input and needs a Python loop over time.
+
 Generation does not call those modules for its one-token steps: :meth:`RNNLM.step`
 computes the cell update itself from the same parameters (see
 :func:`_cell_update`), because the fused modules' fixed cost per call dominates
@@ -181,6 +193,9 @@ class StackedRNN(nn.Module):
 class RNNLM(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if (config.attention or config.bidirectional) and config.condition != "text":
+            raise GenrnnError("--attention and --bidirectional are options of a sequence-to-sequence model "
+                              "(--task seq2seq)")
         self.config = config
         V, E, H = config.vocab_size, config.embedding_size, config.hidden_size
         C = config.condition_dim if config.condition != "none" else 0
@@ -199,34 +214,70 @@ class RNNLM(nn.Module):
         self._nonlinearity: str = getattr(first, "nonlinearity", "tanh")
         self._step_weights: Optional[_StepWeights] = None  # not a buffer: never in the state dict
         # built last, so an unconditioned model draws the same initial weights as before conditions existed
-        self.encoder = ENCODERS[config.condition](config.condition_size, C) if C else None
+        self.encoder = ENCODERS[config.condition](config) if C else None
         self.bridge = nn.Linear(C, L * H * (2 if config.cell == "lstm" else 1)) if C else None
+        self.attention = config.attention
+        if config.attention:
+            self.attn_query = nn.Linear(H, H, bias=False)  # W in score(h, m) = h W m
+            self.attn_out = nn.Linear(2 * H, H, bias=False)  # W_c
 
     def start(self, condition: Optional[torch.Tensor]) -> State:
         """The initial state for a batch of conditions (label ids (B,), vectors
-        (B, D) or uint8 images (B, 3, S, S)); None (zeros) for an
-        unconditioned model given none."""
+        (B, D), uint8 images (B, 3, S, S) or source ids (B, S)); None (zeros)
+        for an unconditioned model given none."""
         if self.encoder is None:
             if condition is None:
                 return None
             raise GenrnnError("this model takes no condition (it was trained without one)")
         if condition is None:
             raise GenrnnError(f"this model generates from a {self.config.condition}: give one")
-        feat = self.encoder(condition)  # (B, C)
+        encoded = self.encoder(condition)
+        feat, memory, valid = encoded if isinstance(encoded, tuple) else (encoded, None, None)  # (B, C)
         B, L, H = feat.shape[0], self.config.num_layers, self.config.hidden_size
         k = 2 if self.config.cell == "lstm" else 1
         init = torch.tanh(self.bridge(feat)).view(B, L, k, H).permute(2, 1, 0, 3)  # (k, L, B, H)
         rnn_state = (init[0].contiguous(), init[1].contiguous()) if k == 2 else init[0].contiguous()
-        return (rnn_state, feat[None]) if self.feed else rnn_state
+        context = (feat if self.feed else None,
+                   memory.transpose(0, 1).contiguous() if self.attention else None,  # (S, B, H)
+                   valid.t().contiguous() if self.attention else None)  # (S, B)
+        return self._join(rnn_state, context)
 
-    def _split(self, state: State) -> Tuple[State, Optional[torch.Tensor]]:
-        """(the cells' state, the fed condition embedding (B, C) or None)."""
-        if not self.feed or state is None:
-            return state, None
-        return state[0], state[1][0]
+    def _split(self, state: State) -> Tuple[State, tuple]:
+        """(the cells' state, (fed condition embedding (B, C), memory (S, B, H),
+        mask (S, B)), each None where the model has none). The state is the
+        cells' state alone, or ``(cells' state, [embedding (1, B, C)], [memory, mask])``."""
+        if state is None or not (self.feed or self.attention):
+            return state, (None, None, None)
+        rest = list(state[1:])
+        feat = rest.pop(0)[0] if self.feed else None
+        memory, valid = (rest[0], rest[1]) if self.attention else (None, None)
+        return state[0], (feat, memory, valid)
 
-    def _join(self, rnn_state: State, feat: Optional[torch.Tensor]) -> State:
-        return (rnn_state, feat[None]) if feat is not None else rnn_state
+    def _join(self, rnn_state: State, context: tuple) -> State:
+        feat, memory, valid = context
+        extras = ((feat[None],) if feat is not None else ()) + ((memory, valid) if memory is not None else ())
+        return (rnn_state,) + extras if extras else rnn_state
+
+    def _attend(self, out: torch.Tensor, context: tuple) -> torch.Tensor:
+        """Decoder outputs (B, T, H) or (B, H) -> attentional outputs, same shape;
+        ``out`` itself for a model without attention."""
+        _, memory, valid = context
+        if memory is None:
+            if self.attention:
+                raise GenrnnError("this model translates from a source sentence: give one")
+            return out
+        query = self.attn_query(out)
+        if out.dim() == 2:
+            scores = torch.einsum("bh,sbh->bs", query, memory.to(query.dtype))
+            scores = scores.masked_fill(valid.t() == 0, float("-inf"))
+            weights = torch.softmax(scores.float(), dim=-1).to(memory.dtype)
+            ctx = torch.einsum("bs,sbh->bh", weights, memory)
+        else:
+            scores = torch.einsum("bth,sbh->bts", query, memory.to(query.dtype))
+            scores = scores.masked_fill(valid.t()[:, None, :] == 0, float("-inf"))
+            weights = torch.softmax(scores.float(), dim=-1).to(memory.dtype)
+            ctx = torch.einsum("bts,sbh->bth", weights, memory)
+        return torch.tanh(self.attn_out(torch.cat([ctx.to(out.dtype), out], dim=-1)))
 
     def _inputs(self, idx: torch.Tensor, feat: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.embedding is None:
@@ -242,29 +293,29 @@ class RNNLM(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, state: State = None
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], State]:
-        rnn_state, feat = self._split(state)
-        out, rnn_state = self.rnn(self._inputs(idx, feat), rnn_state)  # (B, T, H)
-        logits = self.head(self.drop(out))  # (B, T, V)
+        rnn_state, context = self._split(state)
+        out, rnn_state = self.rnn(self._inputs(idx, context[0]), rnn_state)  # (B, T, H)
+        logits = self.head(self.drop(self._attend(out, context)))  # (B, T, V)
         loss = None
         if targets is not None:
             # loss in float32 even under bf16 autocast; -100 marks padding
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        return logits, loss, self._join(rnn_state, feat)
+        return logits, loss, self._join(rnn_state, context)
 
     def prefill(
         self, idx: torch.Tensor, lengths: torch.Tensor, state: State = None
     ) -> Tuple[torch.Tensor, State]:
         """Run right-padded prompts ``idx`` (B, T) of ``lengths`` (B,) as one batch."""
-        rnn_state, feat = self._split(state)
-        x = self._inputs(idx, feat)
+        rnn_state, context = self._split(state)
+        x = self._inputs(idx, context[0])
         if bool((lengths == idx.shape[1]).all()):  # no padding: skip the packing
             out, rnn_state = self.rnn(x, rnn_state)
-            return self.head(out[:, -1]), self._join(rnn_state, feat)
+            return self.head(self._attend(out[:, -1], context)), self._join(rnn_state, context)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, rnn_state = self.rnn(packed, rnn_state)  # the state is taken after each row's own last token
         out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T, H)
         last = out[torch.arange(idx.shape[0], device=idx.device), lengths.to(idx.device) - 1]  # (B, H)
-        return self.head(last), self._join(rnn_state, feat)
+        return self.head(self._attend(last, context)), self._join(rnn_state, context)
 
     def step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """One generation step: ``idx`` (B,) -> logits (B, V).
@@ -317,9 +368,9 @@ class RNNLM(nn.Module):
         return super().train(mode)
 
     def _module_step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
-        rnn_state, feat = self._split(state)
-        out, rnn_state = self.rnn(self._inputs(idx[:, None], feat), rnn_state)  # (B, 1, H)
-        return self.head(out[:, 0]), self._join(rnn_state, feat)
+        rnn_state, context = self._split(state)
+        out, rnn_state = self.rnn(self._inputs(idx[:, None], context[0]), rnn_state)  # (B, 1, H)
+        return self.head(self._attend(out[:, 0], context)), self._join(rnn_state, context)
 
     def _step_params(self) -> List[torch.Tensor]:
         """weight_ih, weight_hh, bias_ih, bias_hh of each layer (fused or
@@ -374,7 +425,8 @@ class RNNLM(nn.Module):
     def _fast_step(self, w: _StepWeights, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         cell, L, H = self.config.cell, self.config.num_layers, self.config.hidden_size
         w_ih, w_hh = w.copies() if idx.shape[0] <= _COPY_MAX_BATCH else (w.w_ih, w.w_hh)
-        state, feat = self._split(state)
+        state, context = self._split(state)
+        feat = context[0]
         if state is None:
             zeros = w.bias[0].new_zeros(L, idx.shape[0], H)
             state = (zeros, zeros) if cell == "lstm" else zeros
@@ -394,8 +446,8 @@ class RNNLM(nn.Module):
             hs.append(x)
             if c_i is not None:
                 cs.append(c_i)
-        logits = F.linear(x, self.head.weight, self.head.bias)
+        logits = F.linear(self._attend(x, context), self.head.weight, self.head.bias)
         h_new = hs[0][None] if L == 1 else torch.stack(hs)
         if cell != "lstm":
-            return logits, self._join(h_new, feat)
-        return logits, self._join((h_new, cs[0][None] if L == 1 else torch.stack(cs)), feat)
+            return logits, self._join(h_new, context)
+        return logits, self._join((h_new, cs[0][None] if L == 1 else torch.stack(cs)), context)
