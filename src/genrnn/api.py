@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 
 from . import checkpoint as ckpt
@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .corpora import format_of as _format_of
-from .data import IGNORE, document_records, make_eval_set, pad_records, split_documents
+from .data import IGNORE, document_records, make_eval_set, pad_records, pair_fits, split_documents
 from .errors import GenrnnError
 from .evaluate import evaluate
 from .presets import load_preset
 from .runtime import make_runtime
-from .sampling import Completion, SampleConfig, complete
+from .beam import beam_search, check_beam
+from .sampling import Completion, SampleConfig, TextStream, complete
 from .state import start
 from .tokenizers import EOS_ID
 from .trainer import RESUMABLE, Callbacks, CorpusSpec, TrainResult, Trainer, default_run_dir, load_documents
@@ -79,7 +80,8 @@ class TrainedModel:
         if condition is None:
             names = spec.label_names()
             what = {"label": f"a label ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})",
-                    "vector": f"a vector of {spec.size} numbers", "image": "an image"}[spec.kind]
+                    "vector": f"a vector of {spec.size} numbers", "image": "an image",
+                    "text": "a source sentence"}[spec.kind]
             raise GenrnnError(f"this model generates from {what}: give one (--condition; condition= in Python "
                               "and over HTTP)")
         if _is_one(condition, spec.kind):
@@ -121,18 +123,92 @@ class TrainedModel:
         return texts[0] if isinstance(prompt, str) and single and num_samples == 1 else texts
 
     def caption(self, images: Sequence[Any], *, length: int = 100, temperature: float = 0.0,
-                **options) -> List[str]:
+                beam: Optional[int] = None, **options) -> List[str]:
         """One caption per image (paths, bytes or uint8 arrays), greedy unless
-        a temperature is given; all images in one batch."""
+        a temperature or a ``beam`` is given; all images in one batch."""
         if self.condition is None or self.condition.kind != "image":
             hint = (": it reads precomputed features; give them with condition= (genrnn sample --condition-vector)"
                     if self.condition is not None and self.condition.kind == "vector" else
                     " (it was trained without --image-field)")
             raise GenrnnError(f"{self.run_dir} is not an image captioner{hint}")
         images = [images] if isinstance(images, (str, Path, bytes)) else list(images)
+        if beam is not None:
+            if temperature:
+                raise GenrnnError("give a beam or a temperature, not both")
+            found = self.beam_search([""] * len(images), beam=beam, length=length, condition=images,
+                                     batch_size=len(images) or 1)
+            return [h[0][0] for h in found]
         done = self.complete([""] * len(images), length=length, temperature=temperature, condition=images,
                              **options)
         return [c.text for c in done]
+
+    def beam_search(self, prompts: Sequence[str] = ("",), *, beam: int = 5, num_return: int = 1,
+                    length: Optional[int] = None, length_penalty: float = 1.0, condition: Any = None,
+                    batch_size: int = 64, on_batch=None) -> List[List[Tuple[str, float, str]]]:
+        """The ``num_return`` best continuations of each prompt by beam search,
+        best first, as (text, score, finish reason); ``condition``: one for all
+        prompts or one per prompt. Rows go in batches of ``batch_size`` prompts
+        (x ``beam`` rows), longest source first; ``on_batch(done)`` is called
+        after each. ``length`` defaults to the run's ``--seq-len``."""
+        prompts = list(prompts)
+        check_beam(beam, num_return)
+        cond = self.encode_condition(condition, len(prompts))
+        length = self.config.data.seq_len if length is None else length
+        ids = [[EOS_ID] + self.tokenizer.encode(p) for p in prompts]
+        order = sorted(range(len(ids)), key=lambda i: -(int((cond[i] != 0).sum()) if self._is_seq2seq() else
+                                                         len(ids[i])))
+        out: List[Any] = [None] * len(ids)
+        for at in range(0, len(order), batch_size):
+            rows = order[at : at + batch_size]
+            found = beam_search(self.model, [ids[i] for i in rows], beam=beam, max_new_tokens=length,
+                                num_return=num_return, length_penalty=length_penalty,
+                                condition=None if cond is None else cond[rows], device=self.runtime.device,
+                                autocast=self.runtime.autocast())
+            for i, hyps in zip(rows, found):
+                out[i] = [(self._decode(ids[i], h.ids), h.score, h.finish_reason) for h in hyps]
+            if on_batch is not None:
+                on_batch(len(rows))
+        return out
+
+    def translate(self, texts: Union[str, Sequence[str]], *, beam: int = 5, num_return: int = 1,
+                  length: Optional[int] = None, length_penalty: float = 1.0, temperature: float = 0.0,
+                  top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
+                  batch_size: int = 64, on_batch=None) -> Any:
+        """Translate source sentences with a sequence-to-sequence run: beam
+        search (``beam=1`` is greedy), or sampling when ``temperature`` > 0.
+        One text gives a string, a list gives a list; with ``num_return`` > 1
+        each is a list of (text, score) pairs, best first."""
+        if not self._is_seq2seq():
+            raise GenrnnError(f"{self.run_dir} is not a sequence-to-sequence run (it was trained without "
+                              "--task seq2seq); use generate or genrnn sample")
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if temperature > 0:
+            if num_return != 1:
+                raise GenrnnError("num_return needs beam search; sampling gives one output per source")
+            length = self.config.data.seq_len if length is None else length
+            outs: List[Any] = []
+            for at in range(0, len(texts), batch_size):
+                part = texts[at : at + batch_size]
+                done = self.complete([""] * len(part), length=length, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, seed=None if seed is None else seed + at, condition=part)
+                outs.extend(c.text for c in done)
+                if on_batch is not None:
+                    on_batch(len(part))
+        else:
+            found = self.beam_search([""] * len(texts), beam=beam, num_return=num_return, length=length,
+                                     length_penalty=length_penalty, condition=texts, batch_size=batch_size,
+                                     on_batch=on_batch)
+            outs = [h[0][0] if num_return == 1 else [(t, sc) for t, sc, _ in h] for h in found]
+        return outs[0] if single else outs
+
+    def _is_seq2seq(self) -> bool:
+        return self.condition is not None and self.condition.kind == "text"
+
+    def _decode(self, prompt_ids: List[int], ids: List[int]) -> str:
+        stream = TextStream(self.tokenizer, prompt_ids)
+        stream.push_all(list(ids))
+        return stream.text
 
     @torch.inference_mode()
     def score(self, texts: Sequence[str], condition: Any = None, batch_size: int = 256) -> List[float]:
@@ -153,9 +229,12 @@ class TrainedModel:
             out.extend((-nll.sum(dim=1)).tolist())
         return out
 
-    def evaluate(self, corpus: Sources = None, **corpus_options) -> Dict[str, float]:
+    def evaluate(self, corpus: Sources = None, *, beam: Optional[int] = None, batch_size: int = 64,
+                 on_batch=None, **corpus_options) -> Dict[str, Any]:
         """Loss (nats/token), perplexity and bits/char on ``corpus``, or on the
-        run's own validation split when no corpus is given."""
+        run's own validation split when no corpus is given. A sequence-to-
+        sequence run with ``beam`` also decodes every source (beam 1: greedy)
+        and adds BLEU, chrF, exact match and placeholders kept (genrnn.metrics)."""
         cfg = self.config.data
         if corpus is None:
             split = split_documents(*load_documents(self.corpus), cfg,
@@ -170,7 +249,24 @@ class TrainedModel:
             texts, conditions = document_records(spec.load(_sources(corpus)), cfg.layout,
                                                  spec.dataset_options()["vectors"])
         eval_set = make_eval_set(self.tokenizer, texts, cfg, conditions, self.condition)
-        return evaluate(self.model, eval_set, self.runtime)
+        if eval_set.num_targets == 0:
+            raise GenrnnError("nothing to evaluate: no record fits the run's length limit (--seq-len)")
+        result: Dict[str, Any] = dict(evaluate(self.model, eval_set, self.runtime))
+        if self._is_seq2seq():
+            result["pairs"] = len(eval_set.records)
+            result["skipped"] = eval_set.skipped
+            if beam is not None:
+                from .metrics import translation_scores
+
+                kept = [(t, c) for t, c in zip(texts, conditions or []) if self._fits(t, c)]
+                outputs = self.translate([c for _, c in kept], beam=beam, batch_size=batch_size, on_batch=on_batch)
+                result.update(translation_scores(outputs, [t for t, _ in kept], [c for _, c in kept]), beam=beam)
+        elif beam is not None:
+            raise GenrnnError("--beam with eval decodes a sequence-to-sequence run's sources; this run has none")
+        return result
+
+    def _fits(self, target: str, source: str) -> bool:
+        return pair_fits(self.tokenizer, self.condition, target, source, self.config.data.seq_len)
 
 
 def _is_one(condition: Any, kind: str) -> bool:

@@ -3,6 +3,7 @@
     genrnn train [CORPUS...] [options]     train (default corpus: python-docs)
     genrnn sample RUN [--prompt TEXT]...   generate, streamed (--condition LABEL for a conditioned run)
     genrnn caption RUN IMAGE...            caption images with a captioner
+    genrnn translate RUN [TEXT...]         translate with a seq2seq run (no text: stdin to stdout)
     genrnn eval RUN [CORPUS...]            loss, perplexity, bits per character
     genrnn corpora                         named corpora and whether cached
     genrnn presets                         built-in sets of training options
@@ -43,6 +44,19 @@ def _corpus_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoding", default="utf-8", help="text encoding (default: strict utf-8)")
     g.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"],
                    help="what to do with bytes that do not decode (default: strict, an error)")
+    g.add_argument("--no-quotes", dest="quotes", action="store_false",
+                   help="read CSV/TSV fields literally: a double quote is a character, not a field's quoting "
+                        "(plain TSV exports)")
+
+
+def _beam_args(p: argparse.ArgumentParser, default: Optional[int]) -> None:
+    b = p.add_argument_group("beam search")
+    b.add_argument("--beam", type=int, default=default,
+                   help="beam search with this many beams (1 = greedy)" +
+                        (f" (default: {default})" if default else ""))
+    b.add_argument("--num-return", type=int, default=1, help="the K best hypotheses, with their scores (default: 1)")
+    b.add_argument("--length-penalty", type=float, default=1.0,
+                   help="hypotheses are ranked by log p / length^ALPHA (default: 1, the mean per token)")
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
@@ -71,6 +85,19 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     k.add_argument("--image-features", metavar="FILE.npy",
                    help="precomputed image features, one row per record, instead of --image-field's CNN")
     S = argparse.SUPPRESS  # an option left out is not passed on, so defaults live in config.py
+    q = p.add_argument_group("sequence to sequence (many-to-many: translation, headlines)")
+    q.add_argument("--task", choices=["lm", "seq2seq"], default="lm",
+                   help="lm: a language model (default); seq2seq: an encoder reads each pair's source and the "
+                        "model generates its target. Pairs: a table's --source-field and --target-field, or two "
+                        "parallel text files (source, then target), one pair per line. Implies --layout lines")
+    q.add_argument("--source-field", metavar="NAME", help="seq2seq: the column (name or 0-based index) or key of the source")
+    q.add_argument("--target-field", metavar="NAME", help="seq2seq: the column or key of the target")
+    q.add_argument("--attention", action="store_true", default=S,
+                   help="seq2seq: attend over the encoder's outputs at every step (Luong, general score)")
+    q.add_argument("--bidirectional", action="store_true", default=S,
+                   help="seq2seq: the encoder reads the source both ways (half --hidden-size each)")
+    q.add_argument("--shared-vocab", action=argparse.BooleanOptionalAction, default=S,
+                   help="seq2seq: one tokenizer for both sides, fitted on both (default: on)")
     d = p.add_argument_group("data")
     d.add_argument("--tokenizer", choices=TOKENIZER_KINDS, default=S,
                    help="token level: char, word (words and punctuation), or whitespace (already-tokenized "
@@ -153,8 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--condition", action="append", metavar="LABEL",
                    help="a conditioned run's label (its name or value); repeat for several")
     s.add_argument("--condition-vector", metavar="FILE.npy", help="a vector-conditioned run: one row per condition")
+    s.add_argument("--source", action="append", metavar="TEXT",
+                   help="a sequence-to-sequence run's source sentence; repeat for several")
     s.add_argument("--json", action="store_true", help="one JSON object per sample instead of streamed text")
     s.add_argument("--device", default="auto", choices=DEVICES)
+    _beam_args(s, None)
     s.add_argument("--server", metavar="URL", help="generate on a genrnn server (genrnn serve) instead; RUN is then "
                                                    "the model's name there, or 'default'")
     s.add_argument("--api-key", help="with --server: the server's key (default: $GENRNN_API_KEY)")
@@ -168,12 +198,31 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     k.add_argument("--json", action="store_true", help="one JSON object per image")
     k.add_argument("--device", default="auto", choices=DEVICES)
+    _beam_args(k, None)
+
+    tr = sub.add_parser("translate", help="translate with a sequence-to-sequence run",
+                        description="Translate TEXT arguments, or with none, standard input one sentence per line "
+                                    "to standard output one per line (a progress bar on a terminal).")
+    tr.add_argument("run", help="run folder of a sequence-to-sequence model (trained with --task seq2seq)")
+    tr.add_argument("text", nargs="*", help="source sentences (default: read standard input)")
+    tr.add_argument("--length", type=int, help="tokens per output at most (default: the run's --seq-len)")
+    tr.add_argument("--temperature", type=float, default=0.0,
+                    help="sample at this temperature instead of beam search (default: 0, beam search)")
+    tr.add_argument("--top-k", type=int, help="with a temperature: sample only from the k most likely tokens")
+    tr.add_argument("--top-p", type=float, help="with a temperature: nucleus sampling")
+    tr.add_argument("--seed", type=int, help="random seed, with a temperature")
+    tr.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default: 64)")
+    tr.add_argument("--json", action="store_true", help="one JSON object per sentence, with the scores")
+    tr.add_argument("--device", default="auto", choices=DEVICES)
+    _beam_args(tr, 5)
 
     e = sub.add_parser("eval", help="loss, perplexity and bits per character")
     e.add_argument("run", help="run folder")
     e.add_argument("corpus", nargs="*", help="corpus to evaluate on (default: the run's own validation split); "
                                              "a named split as NAME:SPLIT, e.g. ptb:test")
     _corpus_args(e)
+    e.add_argument("--beam", type=int, help="a sequence-to-sequence run: decode every source with this beam "
+                                            "(1 = greedy) and add BLEU, chrF and placeholders kept (default: 1)")
     e.add_argument("--json", action="store_true", help="print a JSON object")
     e.add_argument("--device", default="auto", choices=DEVICES)
 
@@ -236,7 +285,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     kwargs: Dict[str, Any] = dict(callbacks=reporter, progress_download=not args.quiet)
     if args.resume:
         given = [f for f in ("condition_field", "condition_names", "condition_vectors", "image_field",
-                             "image_features") if getattr(args, f)]
+                             "image_features", "source_field", "target_field") if getattr(args, f)]
         if given:
             raise GenrnnError(f"--resume continues a run with its own condition; leave out --{given[0].replace('_', '-')}")
         if args.corpus:
@@ -251,7 +300,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                     encoding=args.encoding, errors=args.errors, format=args.fmt, preset=args.preset,
                     condition_field=args.condition_field, image_field=args.image_field,
                     condition_vectors=args.condition_vectors or args.image_features,
-                    condition_names=args.condition_names, **kwargs, **options)
+                    condition_names=args.condition_names, task=args.task, source_field=args.source_field,
+                    target_field=args.target_field, quotes=args.quotes, **kwargs, **options)
     return EXIT_INTERRUPTED if run.result.interrupted else 0
 
 
@@ -274,6 +324,10 @@ class _TrainReporter:
 
     def on_start(self, info: Dict[str, Any]) -> None:
         self.info = info
+        if info.get("skipped_pairs"):  # shown even with --quiet: the data is not all used
+            n = info["skipped_pairs"]
+            self._print(f"genrnn: warning: {n:,} pair{'s' if n != 1 else ''} (training and validation) over --seq-len "
+                        f"{info['config']['data']['seq_len']} tokens on a side left out")
         if self.quiet:
             return
         cfg = info["config"]
@@ -292,6 +346,9 @@ class _TrainReporter:
         condition = ""
         if info.get("condition"):
             feed = "initial state and every step" if m["condition_every_step"] else "initial state"
+            if m["condition"] == "text":
+                feed = ", ".join(["bidirectional encoder"] * m["bidirectional"] + ["attention"] * m["attention"] +
+                                 [feed])
             condition = f"genrnn: conditioned on {info['condition']} ({feed})\n"
         self._print(
             f"genrnn: {m['num_layers']}x{m['hidden_size']} {m['cell'].upper()} "
@@ -367,6 +424,8 @@ class _TrainReporter:
             lines.append(f"genrnn: sample with: genrnn sample {result.run_dir} --condition '{first}'")
         elif condition == "vector":
             lines.append(f"genrnn: sample with: genrnn sample {result.run_dir} --condition-vector VECTORS.npy")
+        elif condition == "text":
+            lines.append(f"genrnn: translate with: genrnn translate {result.run_dir} < SOURCES.txt > OUTPUTS.txt")
         else:
             lines.append(f"genrnn: sample with: genrnn sample {result.run_dir} --prompt 'Hello'")
         print("\n".join(lines), file=sys.stderr, flush=True)
@@ -387,8 +446,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise GenrnnError("--num-samples must be >= 1")
     if args.condition and args.condition_vector:
         raise GenrnnError("give --condition or --condition-vector, not both")
+    given = [f for f, v in (("--condition", args.condition), ("--condition-vector", args.condition_vector),
+                            ("--source", args.source)) if v]
+    if len(given) > 1:
+        raise GenrnnError(f"give one of {' and '.join(given)}, not both")
     conditions: list = [None]
-    if args.condition:
+    if args.source:
+        conditions = list(args.source)
+    elif args.condition:
         conditions = list(args.condition)
     elif args.condition_vector:
         from .conditions import read_vectors
@@ -396,6 +461,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         conditions = list(read_vectors(args.condition_vector))
     elif getattr(run, "condition", None) is not None and run.condition.kind == "label":
         conditions = run.condition.label_names()  # no label given: one sample per label
+    if args.beam is not None:
+        return _print_beams(run, args, prompts, conditions)
     rows = [(p, c, t) for p in prompts for c in conditions for t in temps for _ in range(args.num_samples)]
     streamed = not args.json
     label = len(rows) > 1
@@ -437,6 +504,73 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_beams(run, args: argparse.Namespace, prompts, conditions) -> int:
+    """``genrnn sample --beam N``: the best hypotheses of every prompt (and condition)."""
+    if args.server:
+        raise GenrnnError("--beam runs locally; leave out --server (or send \"beam\" in the request body)")
+    if args.temperature or args.top_k or args.top_p or args.greedy or args.num_samples != 1 or args.stop:
+        raise GenrnnError("--beam searches for the most likely text: leave out --temperature, --top-k, --top-p, "
+                          "--greedy, --num-samples and --stop")
+    rows = [(p, c) for p in prompts for c in conditions]
+    extra = {} if conditions[0] is None else {"condition": [c for _, c in rows]}
+    found = run.beam_search([p for p, _ in rows], beam=args.beam, num_return=args.num_return, length=args.length,
+                            length_penalty=args.length_penalty, **extra)
+    for i, ((p, c), hyps) in enumerate(zip(rows, found)):
+        for rank, (text, score, reason) in enumerate(hyps):
+            if args.json:
+                record = {"index": i, "rank": rank, "prompt": p, "text": text, "score": score,
+                          "finish_reason": reason}
+                if c is not None:
+                    record["condition"] = c if isinstance(c, str) else [float(v) for v in c]
+                print(json.dumps(record, ensure_ascii=False))
+            else:
+                what = f"prompt {p!r}" + ("" if c is None else f", condition {c!r}" if isinstance(c, str) else "")
+                print(f"--- {what}, beam {args.beam}, #{rank + 1}: score {score:.4f} ({reason}) ---")
+                print(p + text, flush=True)
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from .api import load
+
+    if args.batch_size < 1:
+        raise GenrnnError("--batch-size must be >= 1")
+    run = load(args.run, device=args.device)
+    if not run._is_seq2seq():
+        raise GenrnnError(f"{args.run} is not a sequence-to-sequence run (trained without --task seq2seq); "
+                          "use genrnn sample")
+    texts = list(args.text) if args.text else [line.rstrip("\r\n") for line in sys.stdin]
+    todo = [i for i, t in enumerate(texts) if t.strip()]  # an empty line translates to an empty line
+    bar = None
+    if not args.text and sys.stderr.isatty() and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="sentence", file=sys.stderr, dynamic_ncols=True)
+    try:
+        out = run.translate([texts[i] for i in todo], beam=args.beam, num_return=args.num_return, length=args.length,
+                            length_penalty=args.length_penalty, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                            on_batch=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    results: list = [[] if args.num_return > 1 else ""] * len(texts)
+    for i, o in zip(todo, out):
+        results[i] = o
+    for source, o in zip(texts, results):
+        hyps = o if args.num_return > 1 else [(o, None)]
+        if args.json:
+            print(json.dumps({"source": source, "translations": [{"text": t, "score": sc} for t, sc in hyps]}
+                             if args.num_return > 1 else {"source": source, "translation": o}, ensure_ascii=False))
+        elif args.num_return > 1:
+            for rank, (t, sc) in enumerate(hyps):
+                print(f"{rank + 1}\t{sc:.4f}\t{t}")
+        else:
+            print(o)
+    sys.stdout.flush()
+    return 0
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
     from .api import load
 
@@ -445,7 +579,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     run = load(args.run, device=args.device)
     for start in range(0, len(args.images), args.batch_size):
         paths = args.images[start : start + args.batch_size]
-        captions = run.caption(paths, length=args.length, temperature=args.temperature, seed=args.seed)
+        captions = run.caption(paths, length=args.length, temperature=args.temperature, seed=args.seed,
+                               beam=args.beam)
         for path, caption in zip(paths, captions):
             if args.json:
                 print(json.dumps({"image": path, "caption": caption}, ensure_ascii=False), flush=True)
@@ -460,14 +595,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load(args.run, device=args.device)
     opts: Dict[str, Any] = {}
     if args.corpus:
-        opts = dict(glob=args.glob, fields=tuple(args.field), encoding=args.encoding, errors=args.errors, fmt=args.fmt)
-    m = run.evaluate(args.corpus or None, **opts)
+        opts = dict(glob=args.glob, encoding=args.encoding, errors=args.errors, fmt=args.fmt)
+        if args.field:
+            opts["fields"] = tuple(args.field)
+        if not args.quotes:
+            opts["quotes"] = False
+    seq2seq = run._is_seq2seq()
+    if seq2seq and run.corpus.parallel and args.corpus and len(args.corpus) != 2:
+        raise GenrnnError("this run trained on parallel files: give two, the source side then the target side")
+    beam = (args.beam or 1) if seq2seq else args.beam
+    bar = None
+    if seq2seq and sys.stderr.isatty() and not args.json:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="sentence", file=sys.stderr, dynamic_ncols=True, desc="decoding")
+    try:
+        m = run.evaluate(args.corpus or None, beam=beam, on_batch=bar.update if bar is not None else None, **opts)
+    finally:
+        if bar is not None:
+            bar.close()
     if args.json:
         print(json.dumps(m))
-    else:
-        what = " ".join(args.corpus) if args.corpus else "validation split"
-        print(f"{what}: loss {m['loss']:.4f} nats/token, perplexity {m['perplexity']:.2f}, "
-              f"{m['bits_per_char']:.4f} bits/char ({m['tokens']:,} tokens, {m['chars']:,} chars)")
+        return 0
+    what = " ".join(args.corpus) if args.corpus else "validation split"
+    print(f"{what}: loss {m['loss']:.4f} nats/token, perplexity {m['perplexity']:.2f}, "
+          f"{m['bits_per_char']:.4f} bits/char ({m['tokens']:,} tokens, {m['chars']:,} chars)")
+    if seq2seq:
+        skipped = f"; {m['skipped']:,} over the length limit left out" if m["skipped"] else ""
+        decoding = "greedy" if beam == 1 else f"beam {beam}"
+        print(f"{m['pairs']:,} pairs{skipped}; {decoding}: BLEU {m['bleu']:.1f}, chrF {m['chrf']:.1f}, exact "
+              f"{m['exact']:.1f}%, placeholders kept {m['placeholders_kept']:.1f}%")
     return 0
 
 
@@ -557,7 +714,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "caption": cmd_caption, "eval": cmd_eval, "corpora": cmd_corpora,
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "caption": cmd_caption, "translate": cmd_translate,
+            "eval": cmd_eval, "corpora": cmd_corpora,
             "presets": cmd_presets, "serve": cmd_serve}
 
 

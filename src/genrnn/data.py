@@ -303,6 +303,7 @@ class EvalSet:
         self.num_chars = num_chars
         self.batch_size = batch_size
         self.seq_len = seq_len
+        self.skipped = 0  # pairs left out for being over a sequence-to-sequence run's length limit
         if records is not None:
             self.num_targets = sum(len(r) - 1 for r in records)
         else:
@@ -352,18 +353,25 @@ class Dataset:
     val: Optional[EvalSet]
     train_targets: int
     condition: Optional[ConditionSpec] = None
-    skipped: int = 0  # sequence to sequence: pairs left out for being over the length limit
+    skipped: int = 0  # sequence to sequence: pairs (training and validation) left out, over the length limit
 
 
 def make_eval_set(tokenizer: Tokenizer, texts: List[str], config: DataConfig,
                   conditions: Optional[List[Any]] = None, spec: Optional[ConditionSpec] = None) -> EvalSet:
-    """``conditions`` (raw, one per text) are encoded with ``spec``."""
+    """``conditions`` (raw, one per text) are encoded with ``spec``; pairs
+    over the length limit of a sequence-to-sequence run are left out and
+    counted (``EvalSet.skipped``)."""
+    skipped = 0
+    if spec is not None and spec.kind == "text":
+        (texts, conditions), skipped = _fitting_pairs(tokenizer, spec, texts, conditions, config.seq_len)
     chars = count_chars(texts, config.layout)
     if config.layout == "lines":
         owners: List[int] = []
         records = encode_records(tokenizer, texts, config.seq_len, owners)
         table = _condition_table(spec, conditions, owners)
-        return EvalSet("lines", None, records, chars, config.batch_size, config.seq_len, table)
+        out = EvalSet("lines", None, records, chars, config.batch_size, config.seq_len, table)
+        out.skipped = skipped
+        return out
     return EvalSet("stream", encode_stream(tokenizer, texts), None, chars, config.batch_size, config.seq_len)
 
 
@@ -445,8 +453,6 @@ def build_dataset(
     if spec is not None and spec.kind == "text":
         (train_texts, split.train_conditions), n = _fitting_pairs(tokenizer, spec, train_texts,
                                                                   split.train_conditions, config.seq_len)
-        (val_texts, split.val_conditions), _ = _fitting_pairs(tokenizer, spec, val_texts, split.val_conditions,
-                                                              config.seq_len)
         skipped = n
         if not train_texts:
             raise GenrnnError(f"every training pair is over --seq-len {config.seq_len} tokens on one side; "
@@ -464,7 +470,13 @@ def build_dataset(
         train = StreamBatches(tokens, config.batch_size, config.seq_len, config.state_span, seed)
         n_targets = len(tokens) - 1
     val = make_eval_set(tokenizer, val_texts, config, split.val_conditions, spec) if val_texts else None
-    return Dataset(tokenizer, train, val, n_targets, spec, skipped)
+    return Dataset(tokenizer, train, val, n_targets, spec, skipped + (val.skipped if val is not None else 0))
+
+
+def pair_fits(tokenizer: Tokenizer, spec: ConditionSpec, target: str, source: str, seq_len: int) -> bool:
+    """A (target, source) pair fits when the target with its two <eos> fills at most one
+    window of ``seq_len`` targets and the source with its <eos> has at most ``seq_len`` tokens."""
+    return len(tokenizer.encode_array(target)) + 1 <= seq_len and len(spec.source.encode_array(source)) + 1 <= seq_len
 
 
 def _fitting_pairs(tokenizer: Tokenizer, spec: ConditionSpec, targets: List[str], sources: Optional[List[Any]],
@@ -478,7 +490,7 @@ def _fitting_pairs(tokenizer: Tokenizer, spec: ConditionSpec, targets: List[str]
     keep_t: List[str] = []
     keep_s: List[Any] = []
     for t, src in zip(targets, sources):
-        if len(tokenizer.encode_array(t)) + 1 <= seq_len and 0 < len(spec.source.encode_array(src)) + 1 <= seq_len:
+        if pair_fits(tokenizer, spec, t, src, seq_len):
             keep_t.append(t)
             keep_s.append(src)
     return (keep_t, keep_s), len(targets) - len(keep_t)

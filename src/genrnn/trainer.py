@@ -496,7 +496,7 @@ class Trainer:
             "lr": self.lr, "resumed_at": p.step, "config": self.config.to_dict(),
             "condition": data.condition.describe() if data.condition else None,
             "labels": data.condition.label_names() if data.condition and data.condition.kind == "label" else [],
-            "processes": self.dist.world_size,
+            "processes": self.dist.world_size, "skipped_pairs": data.skipped,
         })
         if self.fitted:
             return self._fit()

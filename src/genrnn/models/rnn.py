@@ -230,7 +230,8 @@ class RNNLM(nn.Module):
                 return None
             raise GenrnnError("this model takes no condition (it was trained without one)")
         if condition is None:
-            raise GenrnnError(f"this model generates from a {self.config.condition}: give one")
+            what = "source sentence" if self.config.condition == "text" else self.config.condition
+            raise GenrnnError(f"this model generates from a {what}: give one")
         encoded = self.encoder(condition)
         feat, memory, valid = encoded if isinstance(encoded, tuple) else (encoded, None, None)  # (B, C)
         B, L, H = feat.shape[0], self.config.num_layers, self.config.hidden_size
