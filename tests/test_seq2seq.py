@@ -294,3 +294,37 @@ def test_bad_input_is_one_line_and_status_two(reversal, tmp_path, capsys):
     capsys.readouterr()
     fails("translate", str(tmp_path / "lm"), "abc", match="not a sequence-to-sequence run")
     fails("eval", str(tmp_path / "lm"), "--beam", "2", match="sequence-to-sequence")
+
+
+# -- serving ------------------------------------------------------------------------
+
+
+def test_served_seq2seq_translates_its_prompt_with_sampling_or_beams(reversal):
+    pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'genrnn[serve]'")
+    httpx = pytest.importorskip("httpx", reason="httpx is not installed (test extra)")
+    from genrnn.serve import BackgroundServer, Limits, create_app
+
+    run, held_out, _ = reversal
+    sources = held_out[:5]
+    with BackgroundServer(create_app({"rev": run}, Limits())) as srv:
+        def post(**body):
+            return httpx.post(f"{srv.url}/v1/completions", json={"model": "rev", **body}, timeout=60)
+
+        card = httpx.get(f"{srv.url}/v1/models/rev", timeout=30).json()
+        assert card["genrnn"]["condition"]["kind"] == "text" and card["genrnn"]["condition"]["max_length"] == 16
+        greedy = post(prompt=sources, max_tokens=16, temperature=0).json()
+        assert [c["text"] for c in greedy["choices"]] == run.translate(sources, beam=1)
+        beams = post(prompt=sources, max_tokens=16, beam=3).json()
+        assert [c["text"] for c in beams["choices"]] == run.translate(sources, beam=3)
+        assert {c["finish_reason"] for c in beams["choices"]} == {"stop"}
+        short = post(prompt=sources[0], max_tokens=2, beam=3).json()["choices"][0]
+        assert short["finish_reason"] == "length" and len(short["text"]) == 2
+        stream = httpx.post(f"{srv.url}/v1/completions", json={"model": "rev", "prompt": sources[0], "beam": 2,
+                                                               "max_tokens": 16, "stream": True}, timeout=60)
+        assert sources[0][::-1] in stream.text and "[DONE]" in stream.text
+        for body, param in (({"beam": 0}, "beam"), ({"beam": 2, "n": 2}, "n"), ({"beam": 2, "stop": "a"}, "stop"),
+                            ({"condition": "x"}, "condition"), ({"prompt": "z" * 40}, "prompt"),
+                            ({"prompt": ""}, "prompt")):
+            r = post(**{"prompt": sources[0], **body})
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["param"] == param, r.text

@@ -108,6 +108,17 @@ def start(model: nn.Module, condition: Optional[torch.Tensor]) -> State:
     return fn(condition)
 
 
+def stack_conditions(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One condition tensor from per-row ones (no batch dimension), zero-padded
+    to the largest where their shapes differ (source sentences of different
+    lengths: 0 is ``<pad>``)."""
+    shape = [max(r.shape[d] for r in rows) for d in range(rows[0].dim())]
+    out = rows[0].new_zeros([len(rows)] + shape)
+    for i, r in enumerate(rows):
+        out[(i,) + tuple(slice(0, n) for n in r.shape)] = r
+    return out
+
+
 def select_condition(condition: Optional[torch.Tensor], rows: Union[torch.Tensor, slice, Sequence[int]]):
     """Rows of a condition tensor (batch in dimension 0), or None."""
     if condition is None:

@@ -250,7 +250,8 @@ def _card(name: str, run: Any, created: int) -> ModelCard:
     params = sum(p.numel() for p in run.model.parameters())
     c = run.condition
     condition = None if c is None else ConditionDetails(
-        kind=c.kind, labels=c.label_names() if c.kind == "label" else [], values=list(c.labels), size=c.size)
+        kind=c.kind, labels=c.label_names() if c.kind == "label" else [], values=list(c.labels), size=c.size,
+        max_length=c.max_length if c.kind == "text" else None)
     return ModelCard(id=name, created=created,
                      genrnn=ModelDetails(type=m.type, cell=m.cell, num_layers=m.num_layers, hidden_size=m.hidden_size,
                                          tokenizer=d.tokenizer, vocab_size=run.tokenizer.vocab_size,
@@ -339,6 +340,15 @@ class _Job:
         if body.echo and body.logprobs is not None:
             raise APIError(400, "echo together with logprobs is not supported", param="echo")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if body.beam is not None:
+            for name, bad in (("n", body.n != 1), ("stop", bool(stop)), ("logprobs", body.logprobs is not None)):
+                if bad:
+                    raise APIError(400, f"beam search gives the most likely text: leave out {name} "
+                                        "(n must be 1)", param=name)
+        seq2seq = run.condition is not None and run.condition.kind == "text"
+        if seq2seq and body.condition is not None:
+            raise APIError(400, f"the model '{model}' translates its prompt: give the source sentence as the "
+                                "prompt, not a condition", param="condition")
         if len(stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stop):
             raise APIError(400, f"stop takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters",
                            param="stop")
@@ -347,12 +357,17 @@ class _Job:
             if len(p) > limits.max_prompt_chars:
                 raise APIError(400, f"prompt {i} has {len(p)} characters; this server allows at most "
                                     f"{limits.max_prompt_chars}", param="prompt")
-            ids = run.tokenizer.encode(p)
+            ids = [] if seq2seq else run.tokenizer.encode(p)  # a source goes to the encoder, not the decoder
             if len(ids) > limits.max_prompt_tokens:
                 raise APIError(400, f"prompt {i} has {len(ids)} tokens; this server allows at most "
                                     f"{limits.max_prompt_tokens}", param="prompt")
             encoded.append([EOS_ID] + ids)
-        if condition is None:
+        if seq2seq:
+            try:
+                condition = run.encode_condition(prompts, len(prompts))
+            except GenrnnError as e:
+                raise APIError(400, str(e), param="prompt") from None
+        elif condition is None:
             if run.condition is not None and run.condition.kind == "image":
                 raise APIError(400, f"the model '{model}' captions images: POST them to /v1/captions",
                                param="condition")
@@ -367,7 +382,8 @@ class _Job:
                 params = RowParams(max_tokens=body.max_tokens, temperature=body.temperature, top_k=body.top_k,
                                    top_p=None if body.top_p >= 1.0 else body.top_p, greedy=body.greedy,
                                    stop=tuple(stop), logprobs=body.logprobs,
-                                   seed=None if body.seed is None else row_seed(body.seed, index))
+                                   seed=None if body.seed is None else row_seed(body.seed, index),
+                                   beam=body.beam, length_penalty=body.length_penalty)
                 specs.append(RowSpec(index, ids, params, None if condition is None else condition[p]))
         return cls(model=model, prompts=prompts, n=body.n, specs=specs,
                    prompt_tokens=sum(len(ids) - 1 for ids in encoded), echo=body.echo,

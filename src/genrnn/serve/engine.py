@@ -48,7 +48,9 @@ import torch.nn as nn
 
 from .. import state as states
 from ..errors import GenrnnError
+from ..beam import beam_search
 from ..sampling import RowSampling, Sampler, TextStream, padded_prompts
+from ..tokenizers import EOS_ID
 
 log = logging.getLogger("genrnn.serve")
 
@@ -81,6 +83,8 @@ class RowParams:
     stop: Tuple[str, ...] = ()
     logprobs: Optional[int] = None  # alternatives per token; None = no logprobs
     seed: Optional[int] = None  # the row's own seed (app: sampling.row_seed); None: a fresh random one
+    beam: Optional[int] = None  # beam search with this many beams instead of sampling (one update at the end)
+    length_penalty: float = 1.0  # with beam: rank by log p / length^length_penalty
 
 
 @dataclass(frozen=True)
@@ -367,14 +371,16 @@ class Engine:
 
     def _iterate(self, slot: _Slot, joining: List[_Row], outbox: List[Tuple[_Row, Update]]) -> None:
         if joining:
-            ready = []
+            ready, searches = [], []
             for row in joining:
                 if row.ticket.cancelled:
                     continue
                 if row.params.max_tokens <= 0:  # nothing to generate
                     self._finish(row, Update(row.index, finish_reason="length"), outbox)
                 else:
-                    ready.append(row)
+                    (searches if row.params.beam is not None else ready).append(row)
+            if searches:
+                self._search(slot, searches, outbox)
             if ready:
                 self._join(slot, ready, outbox)
         rows = slot.rows
@@ -451,9 +457,36 @@ class Engine:
             for row in group:
                 row.condition = None  # the state carries what the model needs of it
 
+    def _search(self, slot: _Slot, rows: List[_Row], outbox: List[Tuple[_Row, Update]]) -> None:
+        """Beam-search rows: each group of rows with the same beam, length
+        and penalty decodes as one batch (``genrnn.beam``), between two steps
+        of the sampled rows, and ends with one update holding its whole text."""
+        groups: Dict[tuple, List[_Row]] = {}
+        for row in rows:
+            p = row.params
+            groups.setdefault((p.beam, p.max_tokens, p.length_penalty, row.condition is not None), []).append(row)
+        for (beam, max_tokens, penalty, conditioned), group in groups.items():
+            try:
+                condition = states.stack_conditions([r.condition for r in group]) if conditioned else None
+                found = beam_search(slot.model, [r.ids for r in group], beam=beam, max_new_tokens=max_tokens,
+                                    length_penalty=penalty, device=slot.device, autocast=slot.autocast(),
+                                    condition=None if condition is None else condition.to(slot.device))
+            except Exception as e:
+                if not isinstance(e, GenrnnError):
+                    log.exception("beam search failed on model %s", slot.name)
+                message = str(e) if isinstance(e, GenrnnError) else f"generation failed: {type(e).__name__}: {e}"
+                self._fail_rows(group, message, outbox)
+                continue
+            self.steps += 1
+            for row, hyps in zip(group, found):
+                best = hyps[0]
+                text, _ = row.text.push_all(best.ids + ([EOS_ID] if best.finish_reason == "eos" else []))
+                self.tokens += best.length
+                self._finish(row, Update(row.index, text, [], best.finish_reason, best.length), outbox)
+
     def _prefill(self, slot: _Slot, rows: List[_Row], conditioned: bool):
         idx, lengths = padded_prompts([r.ids for r in rows])
-        condition = torch.stack([r.condition for r in rows]).to(slot.device) if conditioned else None
+        condition = states.stack_conditions([r.condition for r in rows]).to(slot.device) if conditioned else None
         with slot.autocast():
             start = states.start(slot.model, condition)
             return slot.model.prefill(idx.to(slot.device), lengths, start)

@@ -37,7 +37,8 @@ class CompletionRequest(_Strict):
                     "server was started with.")
     prompt: Union[str, List[str]] = Field(
         "", description="Text to continue, or a list of texts (one completion each, times `n`). An empty "
-                        "prompt starts a new document.")
+                        "prompt starts a new document. For a sequence-to-sequence model (condition kind `text`): "
+                        "the source sentence, and the completion is its output (its translation).")
     max_tokens: int = Field(16, ge=0, description="Tokens to generate at most per completion (the server caps it).")
     temperature: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False,
                                description="Sampling temperature; 0 = greedy.")
@@ -48,6 +49,13 @@ class CompletionRequest(_Strict):
     condition: Optional[Union[str, int, List[float], List[str], List[List[float]]]] = Field(
         None, description="genrnn extra, for a conditioned model (see its card in `GET /v1/models`): a label "
                           "(its name or value), or a vector of numbers; or a list with one per prompt.")
+    beam: Optional[int] = Field(
+        None, ge=1, le=64,
+        description="genrnn extra: beam search with this many beams instead of sampling (the temperature, "
+                    "top_k and top_p are then not used); 1 is greedy. Needs n = 1, no stop and no logprobs; "
+                    "a stream sends the whole text in one chunk.")
+    length_penalty: float = Field(1.0, ge=0.0, le=5.0, allow_inf_nan=False,
+                                  description="genrnn extra, with beam: rank by log p / length^length_penalty.")
     n: int = Field(1, ge=1, description="Completions per prompt.")
     stop: Optional[Union[str, List[str]]] = Field(
         None, description=f"Up to {MAX_STOP} strings that end a completion (not included in the text).")
@@ -109,10 +117,12 @@ class CompletionResponse(BaseModel):
 class ConditionDetails(BaseModel):
     """What a conditioned model generates from."""
 
-    kind: Literal["label", "vector", "image"]
+    kind: Literal["label", "vector", "image", "text"]
     labels: List[str] = Field([], description="label: the labels (their names where the run has names), in order")
     values: List[str] = Field([], description="label: each label's value in the training data")
-    size: int = Field(description="label: the number of labels; vector: its width; image: its side in pixels")
+    size: int = Field(description="label: the number of labels; vector: its width; image: its side in pixels; "
+                                  "text: the source vocabulary's size")
+    max_length: Optional[int] = Field(None, description="text: the most tokens a source sentence may have")
 
 
 class ModelDetails(BaseModel):
