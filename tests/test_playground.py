@@ -8,6 +8,8 @@ watch it stream in, and it has learnt that <eos> is rare. The conditioned
 models are 1x48 LSTMs trained here on data drawn here (as in
 test_conditions.py): one sentence per label (a label, or a one-hot vector of
 it, picks the sentence), and coloured squares captioned with their colour.
+The sequence-to-sequence model reverses strings of letters (as in
+test_seq2seq.py), a 1x64 LSTM with attention.
 Screenshots go to ``$GENRNN_TEST_ARTIFACTS`` (default ``test-artifacts/`` at
 the repository root).
 """
@@ -30,6 +32,7 @@ import genrnn  # noqa: E402
 from genrnn.serve import BackgroundServer, Limits, create_app  # noqa: E402
 
 from test_conditions import COLOURS, FRUIT, draw_squares, write_table  # noqa: E402
+from test_seq2seq import strings, write_pairs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -435,3 +438,131 @@ def test_a_file_that_is_no_image_shows_the_servers_error(captions_server, browse
     browser.find_element("id", "image-file").send_keys(str(probes["green"]))
     assert captions_done(browser, 2)[1] == ["done", "a green square"]
     assert error_hidden(browser)
+
+
+# -- a sequence-to-sequence model ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reverser(tmp_path_factory):
+    """Reverses strings of the letters a-h (3 to 8 of them; sources up to 16 tokens)."""
+    import torch
+
+    folder = tmp_path_factory.mktemp("reverse")
+    train = strings(2000, 0)
+    table = write_pairs(folder / "rev.csv", train, [s[::-1] for s in train])
+    torch.manual_seed(0)
+    return genrnn.train(str(table), task="seq2seq", source_field="src", target_field="tgt", attention=True,
+                        out=folder / "run", max_steps=260, hidden_size=64, num_layers=1, embedding_size=16,
+                        batch_size=32, seq_len=16, lr=2e-2, eval_every=130, sample_every=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def seq2seq_server(hamlet, reverser):
+    """The plain model (the default) and the reverser."""
+    with BackgroundServer(create_app({"hamlet": hamlet, "reverse": reverser}, Limits())) as srv:
+        yield srv
+
+
+def finished(driver, timeout: float = 60.0) -> str:
+    """The stats line once the page has finished (it says how many tokens)."""
+    return wait_for(driver, "const s = document.getElementById('stats').textContent; "
+                            "return document.getElementById('stop').disabled && s.includes(' tokens in ') && s",
+                    timeout)
+
+
+def output_text(driver) -> str:
+    return js(driver, "return document.getElementById('output-text').textContent")
+
+
+def test_seq2seq_translates_a_source_by_beam_search_or_sampling(seq2seq_server, reverser, browser):
+    open_model(browser, seq2seq_server, "reverse", 2)
+    assert "translates sources of up to 16 tokens" in browser.find_element("id", "status").text
+    assert browser.find_element("id", "prompt-label").text == "Source sentence"
+    assert browser.find_element("id", "generate").text == "Translate"
+    for gone in ("condition-box", "vector-box", "image-box", "sweep", "tab-sweep", "temperature-box", "top-p-box",
+                 "top-k-box", "seed-box"):
+        assert hidden(browser, gone), gone
+    assert not hidden(browser, "decoding-box") and not hidden(browser, "beam")
+    assert browser.find_element("id", "decoding-beam").is_selected()
+    assert browser.find_element("id", "beam").get_attribute("value") == "5"
+
+    source = "abcdefgh"
+    set_value(browser, "beam", "3")
+    set_value(browser, "prompt", source)
+    record_requests(browser)
+    browser.find_element("id", "generate").click()
+    assert "end of text" in finished(browser)
+    expected = reverser.translate([source], beam=3)[0]
+    assert expected == source[::-1]  # the model has learnt it
+    assert output_text(browser) == expected
+    assert js(browser, "return document.getElementById('output-prompt').textContent") == ""
+    (url, body), = js(browser, "return window.sent")
+    assert url == "/v1/completions"
+    assert body["prompt"] == source and body["beam"] == 3 and body["model"] == "reverse"
+    assert not {"condition", "temperature", "top_p", "n", "stop", "logprobs"} & set(body)
+    assert error_hidden(browser)
+    browser.save_screenshot(str(artifacts_dir() / "playground-seq2seq.png"))
+
+    # Several sources, one per line (a blank line keeps its place): one output line each.
+    many = ["hgfe", "abc", "", "cabbage"]
+    set_value(browser, "prompt", "\n".join(many))
+    browser.find_element("id", "generate").click()
+    assert finished(browser).startswith("3 sources, ")
+    want = reverser.translate([m for m in many if m], beam=3)
+    assert output_text(browser).split("\n") == [want[0], want[1], "", want[2]]
+    assert js(browser, "return window.sent")[-1][1]["prompt"] == [m for m in many if m]
+
+    # Sampling: the temperature (and seed) instead of the beam.
+    browser.find_element("id", "decoding-sample").click()
+    assert hidden(browser, "beam") and not hidden(browser, "temperature-box") and not hidden(browser, "seed-box")
+    assert browser.find_element("id", "temperature-value").text == "0.80"
+    set_value(browser, "prompt", "gabe")
+    set_value(browser, "seed", "7")
+    browser.find_element("id", "generate").click()
+    finished(browser)
+    body = js(browser, "return window.sent")[-1][1]
+    assert "beam" not in body and "condition" not in body
+    assert body["temperature"] == 0.8 and body["seed"] == 7 and body["prompt"] == "gabe"
+    assert set(output_text(browser)) <= set("abcdefgh") and output_text(browser)
+    assert error_hidden(browser)
+
+    # Back to the language model: its prompt box, sweep and sampling controls are back.
+    choose(browser, "model", "hamlet")
+    assert browser.find_element("id", "prompt-label").text == "Prompt"
+    assert browser.find_element("id", "generate").text == "Generate"
+    assert hidden(browser, "decoding-box") and not hidden(browser, "sweep") and not hidden(browser, "temperature-box")
+    choose(browser, "model", "reverse")  # and the source comes back with the seq2seq model
+    assert browser.find_element("id", "prompt").get_attribute("value") == "gabe"
+    assert browser.find_element("id", "decoding-sample").is_selected() and not hidden(browser, "seed-box")
+
+
+def test_seq2seq_errors_show_the_servers_message(seq2seq_server, browser):
+    import httpx
+
+    open_model(browser, seq2seq_server, "reverse", 2)
+    long = "abcdefgh" * 3  # 25 tokens with its end, over the 16 of the model
+    set_value(browser, "prompt", long)
+    browser.find_element("id", "generate").click()
+    message = wait_for(browser, "const e = document.getElementById('error'); return !e.hidden && e.textContent")
+    api = httpx.post(seq2seq_server.url + "/v1/completions", json={"model": "reverse", "prompt": long, "beam": 5},
+                     timeout=60)
+    assert api.status_code == 400
+    assert message == api.json()["error"]["message"]
+    assert "limit of 16" in message
+    browser.save_screenshot(str(artifacts_dir() / "playground-seq2seq-error.png"))
+
+    set_value(browser, "beam", "")  # the page checks the beam size
+    browser.find_element("id", "generate").click()
+    assert "beam size" in wait_for(browser, "const e = document.getElementById('error'); "
+                                            "return !e.hidden && e.textContent")
+    set_value(browser, "beam", "65")  # and the server its range
+    set_value(browser, "prompt", "abc")
+    browser.find_element("id", "generate").click()
+    assert "beam" in wait_for(browser, "const e = document.getElementById('error'); "
+                                       "return !e.hidden && e.textContent && e.textContent.includes('64') "
+                                       "&& e.textContent")
+    set_value(browser, "beam", "2")  # a good request clears the error
+    browser.find_element("id", "generate").click()
+    finished(browser)
+    assert error_hidden(browser) and output_text(browser) == "cba"

@@ -2,7 +2,9 @@
 // Text streams in through fetch() + ReadableStream on the server-sent events of
 // POST /v1/completions (EventSource cannot POST). A label-conditioned model
 // gets a label picker (its label goes out as `condition`); a captioner gets an
-// image drop zone, and its images go to POST /v1/captions as base64 JSON.
+// image drop zone, and its images go to POST /v1/captions as base64 JSON; a
+// sequence-to-sequence model (condition kind "text") takes its source sentence
+// as the prompt, decoded by beam search (`beam`) or sampled.
 "use strict";
 
 const SWEEP = [0.3, 0.8, 1.0, 1.3, 1.8];
@@ -15,6 +17,13 @@ let running = null; // the AbortController of what is generating now
 let models = new Map(); // id -> model card
 let mode = "text"; // "text", or "image" for a captioner
 const temperatures = { text: null, image: "0" }; // the slider of each mode: captions default to greedy
+let seq2seq = false; // the selected model translates its prompt (a source sentence)
+const prompts = { lm: null, seq2seq: "" }; // the prompt box of a language model, and of a seq2seq one
+const PROMPT = {
+  lm: { label: "Prompt", placeholder: "Type the start of a text (empty: a new document)", button: "Generate" },
+  seq2seq: { label: "Source sentence", placeholder: "A sentence to translate (one per line: several)",
+             button: "Translate" },
+};
 let captionCount = 0;
 
 function headers() {
@@ -60,7 +69,9 @@ function describeModel(card) {
     : String(g.type);
   const c = g.condition;
   const cond = !c ? "" : c.kind === "label" ? `, from ${c.size} labels`
-    : c.kind === "vector" ? `, from a vector of ${c.size}` : `, captions images (${c.size} px)`;
+    : c.kind === "vector" ? `, from a vector of ${c.size}`
+    : c.kind === "text" ? `, translates sources of up to ${c.max_length} tokens`
+    : `, captions images (${c.size} px)`;
   return `${net}, ${g.tokenizer} tokens${cond}`;
 }
 
@@ -90,8 +101,9 @@ async function loadModels() {
   if (health && health.limits) $("max-tokens").max = health.limits.max_tokens;
 }
 
-// Show the controls the selected model takes: a label picker, a vector, or
-// (a captioner) the drop zone instead of the prompt.
+// Show the controls the selected model takes: a label picker, a vector, a
+// source sentence with its decoding (seq2seq), or (a captioner) the drop
+// zone instead of the prompt.
 function applyModel(reloaded) {
   const card = current();
   if (!card) return;
@@ -104,11 +116,50 @@ function applyModel(reloaded) {
   if (labelled) fillLabels(c, reloaded);
   $("vector-box").hidden = !(c && c.kind === "vector");
   if (c && c.kind === "vector") $("vector-size").textContent = `${c.size} numbers`;
+  setSeq2seq(!!c && c.kind === "text");
   setMode(captioner ? "image" : "text");
+  refreshVisibility();
   const showing = VIEWS.find((v) => !$(`${v}-view`).hidden);
   if (captioner) showView("captions");
-  else if (showing === "captions" || (showing === "labels" && !labelled)) showView("single");
+  else if (showing === "captions" || (showing === "labels" && !labelled) || (showing === "sweep" && seq2seq)) {
+    showView("single");
+  }
   updateButtons();
+}
+
+// A source sentence instead of a prompt: each kind keeps its own text in the box.
+function setSeq2seq(next) {
+  if (next === seq2seq) return;
+  const box = $("prompt");
+  prompts[seq2seq ? "seq2seq" : "lm"] = box.value;
+  seq2seq = next;
+  const now = seq2seq ? "seq2seq" : "lm";
+  if (prompts[now] !== null) box.value = prompts[now];
+  $("prompt-label").textContent = PROMPT[now].label;
+  box.placeholder = PROMPT[now].placeholder;
+  $("generate").textContent = PROMPT[now].button;
+  $("output-prompt").textContent = "";
+  $("output-text").textContent = "";
+  $("stats").textContent = "";
+}
+
+function beamSearch() {
+  return seq2seq && $("decoding-beam").checked;
+}
+
+// What the page shows for the mode (text or image), the kind of model and its decoding.
+function refreshVisibility() {
+  const image = mode === "image";
+  const beam = beamSearch();
+  const rules = [
+    [".text-only", image], [".image-only", !image], [".lm-only", seq2seq], [".seq2seq-only", !seq2seq || image],
+    [".sampling-only", beam], [".beam-only", !beam],
+  ];
+  const hide = new Map();
+  for (const [selector, off] of rules) {
+    for (const el of document.querySelectorAll(selector)) hide.set(el, (hide.get(el) || false) || off);
+  }
+  for (const [el, off] of hide) el.hidden = off;
 }
 
 function fillLabels(c, reloaded) {
@@ -146,9 +197,7 @@ function setMode(next) {
   if (temperatures[next] !== null) slider.value = temperatures[next];
   slider.dispatchEvent(new Event("input"));
   mode = next;
-  const captioner = mode === "image";
-  for (const el of document.querySelectorAll(".text-only")) el.hidden = captioner;
-  for (const el of document.querySelectorAll(".image-only")) el.hidden = !captioner;
+  refreshVisibility();
 }
 
 // -- completions ------------------------------------------------------------------------
@@ -169,7 +218,47 @@ function condition(label) {
   return undefined;
 }
 
+// The sources in the box: one per line (a blank line keeps its place in the
+// outputs but is not sent). {prompt: a string or a list, lines: the box's
+// line of each prompt, count: the lines}.
+function sources() {
+  const lines = $("prompt").value.replace(/\s+$/, "").split(/\r?\n/);
+  const at = [];
+  lines.forEach((line, i) => { if (line.trim() !== "") at.push(i); });
+  if (at.length === 0) return { prompt: "", lines: [0], count: 1 }; // the server says what is missing
+  const list = at.map((i) => lines[i]);
+  return { prompt: list.length === 1 ? list[0] : list, lines: at, count: lines.length };
+}
+
+function translation() {
+  const { prompt } = sources();
+  const body = {
+    model: $("model").value || undefined,
+    prompt,
+    max_tokens: Number($("max-tokens").value) || 300,
+    stream: true,
+    stream_options: { include_usage: true },
+  };
+  if (beamSearch()) {
+    const text = $("beam").value.trim();
+    const beam = Number(text);
+    if (text === "" || !Number.isInteger(beam)) throw new Error("the beam size must be a whole number (1 is greedy)");
+    body.beam = beam;
+    const penalty = $("length-penalty").value.trim();
+    if (penalty !== "" && Number(penalty) !== 1) body.length_penalty = Number(penalty);
+  } else {
+    body.temperature = Number($("temperature").value);
+    body.top_p = Number($("top-p").value);
+    const topK = parseInt($("top-k").value, 10);
+    if (topK > 0) body.top_k = topK;
+    const seed = $("seed").value.trim();
+    if (seed !== "") body.seed = parseInt(seed, 10);
+  }
+  return body;
+}
+
 function settings(temperature, label) {
+  if (seq2seq) return translation();
   const body = {
     model: $("model").value || undefined,
     prompt: $("prompt").value,
@@ -188,7 +277,7 @@ function settings(temperature, label) {
   return body;
 }
 
-// Stream one completion; onText(piece) gets the text as it comes. Resolves to
+// Stream one completion; onText(piece, index) gets the text as it comes. Resolves to
 // {finish, tokens} at the end of the stream.
 async function streamCompletion(body, onText, signal) {
   const res = await fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
@@ -213,7 +302,7 @@ async function streamCompletion(body, onText, signal) {
         if (chunk.error) throw new Error(chunk.error.message);
         if (chunk.usage) result.tokens = chunk.usage.completion_tokens;
         for (const choice of chunk.choices) {
-          if (choice.text) onText(choice.text);
+          if (choice.text) onText(choice.text, choice.index);
           if (choice.finish_reason) result.finish = choice.finish_reason;
         }
       }
@@ -269,17 +358,25 @@ async function generate() {
   showView("single");
   const out = $("output-text");
   const pre = $("output");
-  $("output-prompt").textContent = body.prompt;
+  // A seq2seq model's output is not a continuation of its source: one output
+  // line per source line instead.
+  const place = seq2seq ? sources() : null;
+  const outputs = place ? new Array(place.count).fill("") : null;
+  $("output-prompt").textContent = seq2seq ? "" : body.prompt;
   out.textContent = "";
-  $("stats").textContent = "generating…";
+  $("stats").textContent = seq2seq ? "translating…" : "generating…";
   pre.classList.add("running");
   const started = performance.now();
   try {
-    const result = await streamCompletion(body, (piece) => {
-      out.textContent += piece;
+    const result = await streamCompletion(body, (piece, index) => {
+      if (outputs) {
+        outputs[place.lines[index] ?? 0] += piece;
+        out.textContent = outputs.join("\n");
+      } else out.textContent += piece;
       pre.scrollTop = pre.scrollHeight;
     }, controller.signal);
-    $("stats").textContent = describe(result, (performance.now() - started) / 1000);
+    const n = place && place.lines.length > 1 ? `${place.lines.length} sources, ` : "";
+    $("stats").textContent = n + describe(result, (performance.now() - started) / 1000);
   } catch (e) {
     if (e.name === "AbortError") $("stats").textContent = "stopped";
     else { showError(e.message); $("stats").textContent = ""; }
@@ -351,7 +448,7 @@ async function sideBySide(view, prefix, statsId, items, done) {
 }
 
 function sweep() {
-  if (mode !== "text" || eachLabel()) return;
+  if (mode !== "text" || seq2seq || eachLabel()) return;
   return sideBySide("sweep", "sweep", "sweep-stats", SWEEP.map((t) => ({
     title: `T = ${t.toFixed(1)}`,
     data: { temperature: String(t) },
@@ -540,6 +637,7 @@ function init() {
   });
   $("model").addEventListener("change", () => { showError(""); applyModel(false); });
   $("condition").addEventListener("change", updateButtons);
+  for (const id of ["decoding-beam", "decoding-sample"]) $(id).addEventListener("change", refreshVisibility);
   $("api-key").value = apiKey;
   $("api-key").addEventListener("change", () => {
     apiKey = $("api-key").value.trim();
