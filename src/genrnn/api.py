@@ -183,18 +183,22 @@ class TrainedModel:
                               "--task seq2seq); use generate or genrnn sample")
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
-        if temperature > 0:
-            if num_return != 1:
+        check_beam(beam, num_return)
+        if temperature > 0 or beam == 1:  # sampling, or greedy (beam 1, tested equal): the sampling core
+            if temperature > 0 and num_return != 1:
                 raise GenrnnError("num_return needs beam search; sampling gives one output per source")
             length = self.config.data.seq_len if length is None else length
-            outs: List[Any] = []
-            for at in range(0, len(texts), batch_size):
-                part = texts[at : at + batch_size]
-                done = self.complete([""] * len(part), length=length, temperature=temperature, top_k=top_k,
-                                     top_p=top_p, seed=None if seed is None else seed + at, condition=part)
-                outs.extend(c.text for c in done)
+            outs: List[Any] = [None] * len(texts)
+            order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # similar lengths batch together
+            for at in range(0, len(order), batch_size):
+                rows = order[at : at + batch_size]
+                done = self.complete([""] * len(rows), length=length, temperature=temperature, top_k=top_k,
+                                     top_p=top_p, seed=None if seed is None else seed + at,
+                                     condition=[texts[i] for i in rows])
+                for i, c in zip(rows, done):
+                    outs[i] = c.text
                 if on_batch is not None:
-                    on_batch(len(part))
+                    on_batch(len(rows))
         else:
             found = self.beam_search([""] * len(texts), beam=beam, num_return=num_return, length=length,
                                      length_penalty=length_penalty, condition=texts, batch_size=batch_size,
