@@ -63,7 +63,7 @@ def error_of(r, status=400) -> dict:
 def test_model_cards_describe_the_condition(server):
     cards = {m["id"]: m["genrnn"] for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
     assert cards["fruit"]["condition"] == {"kind": "label", "labels": ["a", "b", "c"], "values": ["a", "b", "c"],
-                                           "size": 3}
+                                           "size": 3, "max_length": None}
     assert cards["cap"]["condition"]["kind"] == "image" and cards["cap"]["condition"]["size"] == 64
     assert cards["plain"]["condition"] is None
 
