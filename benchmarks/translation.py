@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Tuple
 from run_options import checked_options, fresh_dir, shared_data
 
 DEFAULTS: Dict[str, Any] = {  # chosen by short runs on this task; see docs/benchmarks.md
-    "hidden_size": 512, "num_layers": 1, "embedding_size": 128, "batch_size": 64, "seq_len": 176,
+    "hidden_size": 256, "num_layers": 1, "embedding_size": 64, "batch_size": 64, "seq_len": 176,
     "dropout": 0.1, "bidirectional": True, "attention": True, "eval_every": 500, "sample_every": 0,
     "eval_tokens": 200_000,
 }

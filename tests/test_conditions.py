@@ -325,7 +325,8 @@ def test_a_captioner_names_the_colour(squares, tmp_path, capsys):
         Image.fromarray(pixels).save(tmp_path / f"{name}.png")
         probes.append(tmp_path / f"{name}.png")
     assert run.caption(probes) == [f"a {name} square" for name in COLOURS]
-    out = ok(capsys, "caption", tmp_path / "cap", *probes, "--json")
+    assert run.caption(probes, beam=3) == [f"a {name} square" for name in COLOURS]
+    out = ok(capsys, "caption", tmp_path / "cap", *probes, "--json", "--beam", "2")
     assert [r["caption"] for r in json_lines(out)] == [f"a {name} square" for name in COLOURS]
     # the round trip gives identical captions from the bytes, and a bad image is one clear line
     assert run.caption([p.read_bytes() for p in probes]) == [f"a {name} square" for name in COLOURS]

@@ -84,9 +84,10 @@ def test_batch_must_divide_among_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_conditioned_model_trains_like_one(tmp_path):
-    """The condition is sharded with its rows (and its embedding rides in the
-    state), so two processes still train like one."""
+@pytest.mark.parametrize("kind", ["label", "seq2seq"])
+def test_a_conditioned_model_trains_like_one(tmp_path, kind):
+    """The condition is sharded with its rows (and its embedding, or a source's
+    memory and mask, ride in the state), so two processes still train like one."""
     import csv
 
     gen = torch.Generator().manual_seed(1)
@@ -95,8 +96,13 @@ def test_a_conditioned_model_trains_like_one(tmp_path):
         w = csv.writer(f)
         w.writerow(["label", "text"])
         for i in torch.randint(3, (200,), generator=gen).tolist():
-            w.writerow(["abc"[i], sentences["abc"[i]]])
-    args = ["--field", "text", "--condition-field", "label", "--max-steps", "16", "--batch-size", "8",
+            source = "abc"[i] if kind == "label" else "".join("abcdefgh"[j] for j in
+                                                               torch.randint(8, (3 + i * 2,), generator=gen))
+            w.writerow([source, sentences["abc"[i]] if kind == "label" else source[::-1]])
+    what = (["--field", "text", "--condition-field", "label"] if kind == "label" else
+            ["--task", "seq2seq", "--source-field", "label", "--target-field", "text", "--attention",
+             "--bidirectional", "--seq-len", "16"])
+    args = [*what, "--max-steps", "16", "--batch-size", "8",
             "--hidden-size", "32", "--layers", "2", "--embedding-size", "16", "--condition-dim", "8",
             "--eval-every", "8", "--sample-every", "0", "--threads", "1", "--no-progress", "--seed", "7"]
     single = train([sys.executable, "-m", "genrnn", "train", str(tmp_path / "t.csv"), "--out", str(tmp_path / "one"),

@@ -246,6 +246,29 @@ def test_parallel_files_train(tmp_path):
     assert genrnn.load(run.run_dir).condition.size == run.condition.size
 
 
+def test_word_tokens_and_exact_resume(tmp_path):
+    """Word tokens on both sides; Ctrl-C at step 5 and resume gives the weights
+    of a run that never stopped."""
+    from test_train import InterruptAt
+
+    words = "red green blue cat dog fish one two three".split()
+    rng = random.Random(2)
+    src = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 5))) for _ in range(300)]
+    table = write_pairs(tmp_path / "w.csv", src, [" ".join(reversed(s.split())) + " ." for s in src])
+    opts = dict(task="seq2seq", source_field="src", target_field="tgt", tokenizer="word", attention=True,
+                bidirectional=True, max_steps=12, hidden_size=16, num_layers=1, embedding_size=8, batch_size=16,
+                seq_len=12, sample_every=0, eval_every=4, log_every=1, seed=3)
+    whole = genrnn.train(str(table), out=tmp_path / "whole", **opts)
+    part = genrnn.train(str(table), out=tmp_path / "part", callbacks=InterruptAt(5), **opts)
+    assert part.result.interrupted
+    assert genrnn.train(resume=tmp_path / "part").result.step == 12
+    a = torch.load(tmp_path / "whole" / "resume.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "resume.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    out = whole.translate("red cat", beam=2)
+    assert isinstance(out, str) and "<unk>" not in out
+
+
 def test_over_long_pairs_are_left_out_and_counted(tmp_path, capsys):
     src = strings(200, 6)
     table = write_pairs(tmp_path / "p.csv", src + ["x" * 40], [s[::-1] for s in src] + ["y"])

@@ -8,7 +8,8 @@ comes with ``pip install 'genrnn[translate]'``.
 Placeholders: program messages carry printf conversions (``%s``, ``%d``,
 ``%1$s``, ``%.*s``...) that a translation must keep, in any order; an output
 keeps them when its multiset of conversions equals the source's (``%%`` is a
-literal percent sign and is not counted).
+literal percent sign and is not counted). The space flag (``% d``) is not
+recognised: "100 % erledigt" would read as a conversion ``% e``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .errors import GenrnnError
 
-PLACEHOLDER = re.compile(r"%%|%(?:\d+\$)?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|Z|t)?"
+PLACEHOLDER = re.compile(r"%%|%(?:\d+\$)?[-+#0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|Z|t)?"
                          r"[diouxXeEfFgGaAcspnm]")
 
 
