@@ -4,7 +4,8 @@
     genrnn sample RUN [--prompt TEXT]...   generate, streamed (--condition LABEL for a conditioned run)
     genrnn caption RUN IMAGE...            caption images with a captioner
     genrnn translate RUN [TEXT...]         translate with a seq2seq run (no text: stdin to stdout)
-    genrnn eval RUN [CORPUS...]            loss, perplexity, bits per character
+    genrnn eval RUN [CORPUS...]            loss, perplexity, bits per character (BLEU, chrF for seq2seq)
+    genrnn plot RUN [RUN...]               training curves as a PNG
     genrnn corpora                         named corpora and whether cached
     genrnn presets                         built-in sets of training options
     genrnn serve RUN... [--port 8000]      OpenAI-compatible HTTP API and web playground
@@ -149,6 +150,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=PRECISIONS, default=S,
                    help="auto = fp32 (TF32 on CUDA); bf16 or fp16 turn on autocast")
     t.add_argument("--threads", type=int, default=S, help="CPU threads (default: PyTorch's choice)")
+    t.add_argument("--plot", action="store_true", default=S,
+                   help="draw the loss chart into the run folder (loss.png) at each validation, to watch it; "
+                        "needs pip install 'genrnn[plot]'")
     t.add_argument("--deterministic", action="store_true", default=S,
                    help="bitwise-reproducible runs on CUDA (deterministic cuBLAS/cuDNN kernels; somewhat slower). "
                         "CPU runs are reproducible without it")
@@ -225,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(1 = greedy) and add BLEU, chrF and placeholders kept (default: 1)")
     e.add_argument("--json", action="store_true", help="print a JSON object")
     e.add_argument("--device", default="auto", choices=DEVICES)
+
+    pl = sub.add_parser("plot", help="draw training curves of one or more runs into a PNG",
+                        description="Training and validation loss against step and against time, tokens/s and "
+                                    "the learning rate, from each run's metrics.jsonl; several runs share the axes. "
+                                    "Needs pip install 'genrnn[plot]'.")
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    pl.add_argument("--out", help="PNG to write (default: RUN/loss.png for one run, runs.png for several)")
 
     c = sub.add_parser("corpora", help="list the named corpora")
     c.add_argument("--json", action="store_true", help="print JSON")
@@ -628,6 +639,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .plots import PLOT, plot_runs
+
+    out = Path(args.out) if args.out else (Path(args.runs[0]) / PLOT if len(args.runs) == 1 else Path("runs.png"))
+    print(plot_runs([Path(r) for r in args.runs], out))
+    return 0
+
+
 def cmd_corpora(args: argparse.Namespace) -> int:
     from .corpora import list_corpora
 
@@ -715,7 +736,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "caption": cmd_caption, "translate": cmd_translate,
-            "eval": cmd_eval, "corpora": cmd_corpora,
+            "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora,
             "presets": cmd_presets, "serve": cmd_serve}
 
 

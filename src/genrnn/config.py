@@ -146,6 +146,7 @@ class TrainConfig:
     precision: str = "auto"
     threads: Optional[int] = None
     deterministic: bool = False  # bitwise-reproducible CUDA runs, at some speed
+    plot: bool = False  # draw the loss chart into the run folder (loss.png) at each validation
 
     def validate(self) -> None:
         _choice("device", self.device, DEVICES)

@@ -47,7 +47,7 @@ from .state import cat_rows, detach_state, from_saved, map_state, select_conditi
 
 # options that may change when a run is resumed (they do not change what was learnt)
 RESUMABLE = {"max_steps", "epochs", "time", "eval_every", "eval_tokens", "log_every", "save_every",
-             "sample_every", "sample_prompt", "sample_length", "sample_temperature", "device", "threads"}
+             "sample_every", "sample_prompt", "sample_length", "sample_temperature", "device", "threads", "plot"}
 
 
 @dataclass(frozen=True)
@@ -252,6 +252,10 @@ class Trainer:
         self.runtime = make_runtime(config.train.device, config.train.precision, threads,
                                     config.train.deterministic)
         self.runtime = replace(self.runtime, device=distributed.init(self.dist, self.runtime.device))
+        if config.train.plot and self.dist.is_main:
+            from .plots import require
+
+            require()  # before any training: a missing matplotlib is a one-line error now, not at step 200
         spec.validate()
         train_docs, val_docs = load_documents(spec, progress_download and self.dist.is_main)
         tokenizer = condition = None
@@ -429,6 +433,10 @@ class Trainer:
                                   {"step": p.step, "val_loss": metrics["loss"]})
             record["best"] = True
         self._metrics(record)
+        if self.config.train.plot and self.dist.is_main:
+            from .plots import PLOT, plot_runs
+
+            plot_runs([self.run_dir], self.run_dir / PLOT)
         self.callbacks.on_eval(record)
 
     def sample(self, prompt: str, length: int, temperature: float, seed: int) -> str:
