@@ -68,5 +68,6 @@ def test_plot_command_and_its_errors(runs, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 10_000
     assert main(["plot", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
-    assert main(["plot", str(a), "--out", str(tmp_path / "missing" / "x.png")]) == 2
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["plot", str(a), "--out", str(tmp_path / "file" / "x.png")]) == 2
     assert "genrnn: error:" in capsys.readouterr().err

@@ -6,6 +6,7 @@
     genrnn translate RUN [TEXT...]         translate with a seq2seq run (no text: stdin to stdout)
     genrnn eval RUN [CORPUS...]            loss, perplexity, bits per character (BLEU, chrF for seq2seq)
     genrnn plot RUN [RUN...]               training curves as a PNG
+    genrnn inspect RUN --text FILE         surprise, temperature, neurons, attention as an HTML page
     genrnn corpora                         named corpora and whether cached
     genrnn presets                         built-in sets of training options
     genrnn serve RUN... [--port 8000]      OpenAI-compatible HTTP API and web playground
@@ -236,6 +237,22 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Needs pip install 'genrnn[plot]'.")
     pl.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     pl.add_argument("--out", help="PNG to write (default: RUN/loss.png for one run, runs.png for several)")
+
+    ins = sub.add_parser("inspect", help="a self-contained HTML page of what a run learned",
+                         description="Surprise per token (hover: the likeliest tokens), bits per character, the "
+                                     "next-token distribution under a sweep of temperatures with greedy and sampled "
+                                     "continuations, hidden units ranked by simple features of the text, and the "
+                                     "text scored under each label of a conditioned run. For a seq2seq run: each "
+                                     "line translated, with its attention matrix.")
+    ins.add_argument("run", help="run folder")
+    what = ins.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", metavar="FILE", help="a UTF-8 text file to inspect (seq2seq: one source per line)")
+    what.add_argument("--prompt", metavar="TEXT", help="a text given here (seq2seq: a source sentence)")
+    ins.add_argument("--at", type=int, help="the token whose next-token distribution is swept (default: the last)")
+    ins.add_argument("--length", type=int, default=200, help="tokens of the greedy and sampled continuations")
+    ins.add_argument("--seed", type=int, default=0, help="seed of the sampled continuation (default: 0)")
+    ins.add_argument("--out", help="HTML file to write (default: RUN/inspect.html)")
+    ins.add_argument("--device", default="auto", choices=DEVICES)
 
     c = sub.add_parser("corpora", help="list the named corpora")
     c.add_argument("--json", action="store_true", help="print JSON")
@@ -649,6 +666,31 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._io import atomic_write_text
+    from .api import load
+    from .inspection import analyse, analyse_translations, render
+
+    run = load(args.run, device=args.device)
+    if args.text is not None:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise GenrnnError(f"cannot read --text {args.text}: {e}") from None
+    else:
+        text = args.prompt
+    if run._is_seq2seq():
+        data = analyse_translations(run, text.splitlines())
+    else:
+        data = analyse(run, text, at=args.at, length=args.length, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.run) / "inspect.html"
+    atomic_write_text(out, render(data))
+    print(out)
+    return 0
+
+
 def cmd_corpora(args: argparse.Namespace) -> int:
     from .corpora import list_corpora
 
@@ -736,7 +778,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "caption": cmd_caption, "translate": cmd_translate,
-            "eval": cmd_eval, "plot": cmd_plot, "corpora": cmd_corpora,
+            "eval": cmd_eval, "plot": cmd_plot, "inspect": cmd_inspect, "corpora": cmd_corpora,
             "presets": cmd_presets, "serve": cmd_serve}
 
 

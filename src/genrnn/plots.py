@@ -12,11 +12,10 @@ comes with ``pip install 'genrnn[plot]'`` and draws off screen (Agg).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from ._io import atomic_path
 from .checkpoint import METRICS
 from .errors import GenrnnError
 
@@ -100,21 +99,18 @@ def figure(runs: Sequence[Path]):
 
 
 def plot_runs(runs: Sequence[Path], out: Path) -> Path:
-    """Draw ``runs`` into the PNG ``out``, written atomically (a temporary
-    name, then a rename), so a reader never sees half a file."""
+    """Draw ``runs`` into the PNG ``out``, written atomically (``_io.atomic_path``),
+    so a reader never sees half a file."""
     runs = [Path(r) for r in runs]
     if not runs:
         raise GenrnnError("give at least one run folder to plot")
     plt = _pyplot()
     fig = figure(runs)
     out = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent if str(out.parent) else ".")
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png")
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise GenrnnError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         plt.close(fig)

@@ -243,7 +243,7 @@ class RNNLM(nn.Module):
                    valid.t().contiguous() if self.attention else None)  # (S, B)
         return self._join(rnn_state, context)
 
-    def _split(self, state: State) -> Tuple[State, tuple]:
+    def split_state(self, state: State) -> Tuple[State, tuple]:
         """(the cells' state, (fed condition embedding (B, C), memory (S, B, H),
         mask (S, B)), each None where the model has none). The state is the
         cells' state alone, or ``(cells' state, [embedding (1, B, C)], [memory, mask])``."""
@@ -267,18 +267,24 @@ class RNNLM(nn.Module):
             if self.attention:
                 raise GenrnnError("this model translates from a source sentence: give one")
             return out
+        weights = self.attention_weights(out, memory, valid)
+        if out.dim() == 2:
+            ctx = torch.einsum("bs,sbh->bh", weights, memory)
+        else:
+            ctx = torch.einsum("bts,sbh->bth", weights, memory)
+        return torch.tanh(self.attn_out(torch.cat([ctx.to(out.dtype), out], dim=-1)))
+
+    def attention_weights(self, out: torch.Tensor, memory: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """How much each source position counts for decoder outputs ``out``
+        (B, H) or (B, T, H): (B, S) or (B, T, S), rows summing to 1, 0 at padding."""
         query = self.attn_query(out)
         if out.dim() == 2:
             scores = torch.einsum("bh,sbh->bs", query, memory.to(query.dtype))
             scores = scores.masked_fill(valid.t() == 0, float("-inf"))
-            weights = torch.softmax(scores.float(), dim=-1).to(memory.dtype)
-            ctx = torch.einsum("bs,sbh->bh", weights, memory)
         else:
             scores = torch.einsum("bth,sbh->bts", query, memory.to(query.dtype))
             scores = scores.masked_fill(valid.t()[:, None, :] == 0, float("-inf"))
-            weights = torch.softmax(scores.float(), dim=-1).to(memory.dtype)
-            ctx = torch.einsum("bts,sbh->bth", weights, memory)
-        return torch.tanh(self.attn_out(torch.cat([ctx.to(out.dtype), out], dim=-1)))
+        return torch.softmax(scores.float(), dim=-1).to(memory.dtype)
 
     def _inputs(self, idx: torch.Tensor, feat: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.embedding is None:
@@ -294,7 +300,7 @@ class RNNLM(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None, state: State = None
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], State]:
-        rnn_state, context = self._split(state)
+        rnn_state, context = self.split_state(state)
         out, rnn_state = self.rnn(self._inputs(idx, context[0]), rnn_state)  # (B, T, H)
         logits = self.head(self.drop(self._attend(out, context)))  # (B, T, V)
         loss = None
@@ -307,7 +313,7 @@ class RNNLM(nn.Module):
         self, idx: torch.Tensor, lengths: torch.Tensor, state: State = None
     ) -> Tuple[torch.Tensor, State]:
         """Run right-padded prompts ``idx`` (B, T) of ``lengths`` (B,) as one batch."""
-        rnn_state, context = self._split(state)
+        rnn_state, context = self.split_state(state)
         x = self._inputs(idx, context[0])
         if bool((lengths == idx.shape[1]).all()):  # no padding: skip the packing
             out, rnn_state = self.rnn(x, rnn_state)
@@ -369,7 +375,7 @@ class RNNLM(nn.Module):
         return super().train(mode)
 
     def _module_step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
-        rnn_state, context = self._split(state)
+        rnn_state, context = self.split_state(state)
         out, rnn_state = self.rnn(self._inputs(idx[:, None], context[0]), rnn_state)  # (B, 1, H)
         return self.head(self._attend(out[:, 0], context)), self._join(rnn_state, context)
 
@@ -426,7 +432,7 @@ class RNNLM(nn.Module):
     def _fast_step(self, w: _StepWeights, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         cell, L, H = self.config.cell, self.config.num_layers, self.config.hidden_size
         w_ih, w_hh = w.copies() if idx.shape[0] <= _COPY_MAX_BATCH else (w.w_ih, w.w_hh)
-        state, context = self._split(state)
+        state, context = self.split_state(state)
         feat = context[0]
         if state is None:
             zeros = w.bias[0].new_zeros(L, idx.shape[0], H)
