@@ -9,8 +9,9 @@ Data: $GENRNN_SHARED_DATA/debian-l10n/en-de.{train,valid,test}.tsv (no header;
 English, German, catalog; read literally: ``quotes=False``, a ``"`` is a
 character). genrnn trains on train with valid as validation, for ``--time``
 (the budget includes its periodic validations), then decodes the test split
-greedily and with beam 5 (``run.translate``, 64 sources per batch, length
-penalty 1). ``--option KEY=VALUE`` (repeatable, JSON values) passes training
+greedily, with beam 5, and with beam 5 keeping placeholders (the best of the
+5 hypotheses whose placeholders equal the source's: ``keep_placeholders``)
+(``run.translate``, 64 sources per batch, length penalty 1). ``--option KEY=VALUE`` (repeatable, JSON values) passes training
 options. Every figure is printed with the steps and tokens/s it came from.
 
 Metrics (genrnn.metrics, sacrebleu defaults): corpus BLEU and chrF, exact
@@ -54,9 +55,9 @@ def scores(outputs: List[str], pairs: List[Tuple[str, str]]) -> Dict[str, float]
                                                            [s for s, _ in pairs]).items()}
 
 
-def decode(run, sources: List[str], beam: int, batch_size: int) -> Tuple[List[str], float]:
+def decode(run, sources: List[str], beam: int, batch_size: int, keep: bool = False) -> Tuple[List[str], float]:
     t0 = time.perf_counter()
-    out = run.translate(sources, beam=beam, batch_size=batch_size)
+    out = run.translate(sources, beam=beam, batch_size=batch_size, keep_placeholders=keep)
     return out, time.perf_counter() - t0
 
 
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-attention", action="store_true", help="the plain encoder-decoder (final state only)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test pairs")
-    ap.add_argument("--beams", default="1,5", help="beam sizes to decode with (1 = greedy)")
+    ap.add_argument("--beams", default="1,5,5+keep",
+                    help="beam sizes to decode with (1 = greedy; N+keep: keep_placeholders)")
     ap.add_argument("--speed-sentences", type=int, default=64)
     ap.add_argument("--baselines-only", action="store_true")
     ap.add_argument("--run", help="score an existing run folder instead of training one")
@@ -105,14 +107,16 @@ def main(argv=None) -> int:
                               "val_loss": round(r.best_val["loss"], 4) if r.best_val else None,
                               "parameters": sum(p.numel() for p in run.model.parameters())}
         print("training:", json.dumps(report["training"]), flush=True)
-    for beam in [int(b) for b in args.beams.split(",")]:
-        outputs, seconds = decode(run, sources, beam, 64)
-        name = "greedy" if beam == 1 else f"beam{beam}"
+    for name_beam in args.beams.split(","):
+        keep = name_beam.endswith("+keep")
+        beam = int(name_beam.replace("+keep", ""))
+        outputs, seconds = decode(run, sources, beam, 64, keep)
+        name = ("greedy" if beam == 1 else f"beam{beam}") + ("_keep_placeholders" if keep else "")
         report[name] = {**scores(outputs, test), "sentences_per_s_batch64": round(len(sources) / seconds, 1)}
         few = sources[: args.speed_sentences]
         t0 = time.perf_counter()
         for s in few:
-            run.translate([s], beam=beam)
+            run.translate([s], beam=beam, keep_placeholders=keep)
         report[name]["sentences_per_s_batch1"] = round(len(few) / (time.perf_counter() - t0), 1)
         report[name]["examples"] = [{"source": s, "output": o, "reference": t}
                                     for (s, t), o in list(zip(test, outputs))[:5]]

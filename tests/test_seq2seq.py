@@ -351,3 +351,17 @@ def test_served_seq2seq_translates_its_prompt_with_sampling_or_beams(reversal):
             r = post(**{"prompt": sources[0], **body})
             assert r.status_code == 400, r.text
             assert r.json()["error"]["param"] == param, r.text
+
+
+def test_keep_placeholders_picks_the_best_hypothesis_that_keeps_them(reversal, monkeypatch):
+    run, held_out, _ = reversal
+    src = held_out[0]
+    hyps = run.beam_search([""], beam=4, num_return=4, condition=[src])[0]
+    # pretend the source has a placeholder only the third hypothesis carries
+    import genrnn.metrics as metrics
+
+    monkeypatch.setattr(metrics, "placeholders", lambda t: ["%s"] if t in (src, hyps[2][0]) else [])
+    assert run.translate(src, beam=4, keep_placeholders=True) == hyps[2][0]
+    assert run.translate(src, beam=4) == hyps[0][0]
+    with pytest.raises(GenrnnError, match="beam of 2"):
+        run.translate(src, beam=1, keep_placeholders=True)

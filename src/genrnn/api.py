@@ -173,17 +173,23 @@ class TrainedModel:
     def translate(self, texts: Union[str, Sequence[str]], *, beam: int = 5, num_return: int = 1,
                   length: Optional[int] = None, length_penalty: float = 1.0, temperature: float = 0.0,
                   top_k: Optional[int] = None, top_p: Optional[float] = None, seed: Optional[int] = None,
-                  batch_size: int = 64, on_batch=None) -> Any:
+                  batch_size: int = 64, on_batch=None, keep_placeholders: bool = False) -> Any:
         """Translate source sentences with a sequence-to-sequence run: beam
         search (``beam=1`` is greedy), or sampling when ``temperature`` > 0.
         One text gives a string, a list gives a list; with ``num_return`` > 1
-        each is a list of (text, score) pairs, best first."""
+        each is a list of (text, score) pairs, best first.
+
+        ``keep_placeholders`` (beam search): of the ``beam`` hypotheses, the best
+        whose printf placeholders (``%s``, ``%1$d``...) equal the source's,
+        else the best (program messages must carry them over; genrnn.metrics)."""
         if not self._is_seq2seq():
             raise GenrnnError(f"{self.run_dir} is not a sequence-to-sequence run (it was trained without "
                               "--task seq2seq); use generate or genrnn sample")
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         check_beam(beam, num_return)
+        if keep_placeholders and (temperature > 0 or beam == 1):
+            raise GenrnnError("keeping placeholders picks among beam hypotheses: give a beam of 2 or more")
         if temperature > 0 or beam == 1:  # sampling, or greedy (beam 1, tested equal): the sampling core
             if temperature > 0 and num_return != 1:
                 raise GenrnnError("num_return needs beam search; sampling gives one output per source")
@@ -200,9 +206,14 @@ class TrainedModel:
                 if on_batch is not None:
                     on_batch(len(rows))
         else:
-            found = self.beam_search([""] * len(texts), beam=beam, num_return=num_return, length=length,
-                                     length_penalty=length_penalty, condition=texts, batch_size=batch_size,
-                                     on_batch=on_batch)
+            found = self.beam_search([""] * len(texts), beam=beam, num_return=beam if keep_placeholders else num_return,
+                                     length=length, length_penalty=length_penalty, condition=texts,
+                                     batch_size=batch_size, on_batch=on_batch)
+            if keep_placeholders:
+                from .metrics import placeholders
+
+                found = [sorted(h, key=lambda x: placeholders(x[0]) != placeholders(src))[:num_return]  # stable
+                         for h, src in zip(found, texts)]
             outs = [h[0][0] if num_return == 1 else [(t, sc) for t, sc, _ in h] for h in found]
         return outs[0] if single else outs
 

@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--top-p", type=float, help="with a temperature: nucleus sampling")
     tr.add_argument("--seed", type=int, help="random seed, with a temperature")
     tr.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default: 64)")
+    tr.add_argument("--keep-placeholders", action="store_true",
+                    help="of the beam's hypotheses, output the best whose printf placeholders (%%s, %%1$d...) "
+                         "equal the source's (program messages)")
     tr.add_argument("--json", action="store_true", help="one JSON object per sentence, with the scores")
     tr.add_argument("--device", default="auto", choices=DEVICES)
     _beam_args(tr, 5)
@@ -578,6 +581,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         out = run.translate([texts[i] for i in todo], beam=args.beam, num_return=args.num_return, length=args.length,
                             length_penalty=args.length_penalty, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                            keep_placeholders=args.keep_placeholders,
                             on_batch=bar.update if bar is not None else None)
     finally:
         if bar is not None:
