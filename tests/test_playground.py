@@ -440,6 +440,92 @@ def test_a_file_that_is_no_image_shows_the_servers_error(captions_server, browse
     assert error_hidden(browser)
 
 
+# -- surprise: the prompt scored, and the next token at five temperatures ----------------------
+
+
+def api_scores(srv, prompt: str, **options):
+    """What the API gives for the text, as the page asks: its logprobs and bits per character."""
+    import httpx
+
+    body = {"prompt": prompt, "echo": True, "logprobs": 5, "max_tokens": 0, **options}
+    lp = httpx.post(srv.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["logprobs"]
+    return lp, -sum(lp["token_logprobs"]) / np.log(2) / len(prompt)
+
+
+def surprise_done(driver) -> str:
+    return wait_for(driver, "const s = document.getElementById('surprise-stats').textContent; "
+                            "return !document.getElementById('surprise').disabled && s.includes('bits/char') && s")
+
+
+def shown_surprise(driver):
+    """The tokens the page shows: [[text, bits, tooltip, background]...]."""
+    return js(driver, "return [...document.querySelectorAll('#surprise-text .tok')].map(t => "
+                      "[t.textContent, Number(t.dataset.bits), t.title, t.style.backgroundColor])")
+
+
+def test_surprise_colours_each_token_and_gives_bits_per_char(server, browser):
+    browser.get(server.url + "/")
+    wait_for(browser, "return document.getElementById('model').options.length === 1")
+    text = "To be, or not to be, that is the zebra:\nWhether"
+    set_value(browser, "prompt", text)
+    record_requests(browser)
+    browser.find_element("id", "surprise").click()
+    stats = surprise_done(browser)
+    assert not hidden(browser, "surprise-view") and hidden(browser, "single-view")
+    assert error_hidden(browser)
+    sent = sorted((body for _, body in js(browser, "return window.sent")), key=lambda b: b["max_tokens"])
+    assert [(b["echo"], b["logprobs"], b["max_tokens"]) for b in sent[:1]] == [(True, 5, 0)]
+    assert (sent[1].get("echo", False), sent[1]["logprobs"], sent[1]["max_tokens"]) == (False, 20, 1)
+
+    lp, per_char = api_scores(server, text)
+    tokens = shown_surprise(browser)
+    assert [t[0] for t in tokens] == lp["tokens"] and "".join(t[0] for t in tokens) == text
+    assert js(browser, "return document.getElementById('surprise-text').textContent") == text
+    bits = [-v / np.log(2) for v in lp["token_logprobs"]]
+    assert [t[1] for t in tokens] == pytest.approx(bits, abs=1e-3)
+    assert f"{per_char:.3f} bits/char" in stats
+    assert float(js(browser, "return document.getElementById('surprise-stats').dataset.bitsPerChar")) == \
+        pytest.approx(per_char, rel=1e-9)
+    # a tooltip with the five alternatives, and colours from green to red
+    title = tokens[0][2]
+    assert "the model expected:" in title and len(title.splitlines()) == 2 + 5
+    zebra = text.index("z")  # a character the model never saw: <unk>, the most surprising
+    assert max(t[1] for t in tokens) == tokens[zebra][1] > min(t[1] for t in tokens) + 2
+    assert len({t[3] for t in tokens}) > 3 and all(t[3].startswith("rgba(") for t in tokens)
+
+    # the next token at five temperatures, 20 bars each, the entropy growing with the temperature
+    panels = browser.find_elements("css selector", "#next-panels .next-panel")
+    assert [p.get_attribute("data-temperature") for p in panels] == SWEEP
+    entropies = [float(p.get_attribute("data-entropy")) for p in panels]
+    assert entropies == sorted(entropies) and entropies[0] < entropies[-1]
+    assert all(len(p.find_elements("css selector", ".bar-row")) == 20 for p in panels)
+    assert "H = " in panels[0].text and "approximation" in browser.find_element("id", "next-hint").text
+    browser.save_screenshot(str(artifacts_dir() / "playground-surprise.png"))
+
+    # the generation tabs still work after it
+    browser.find_element("id", "tab-single").click()
+    assert hidden(browser, "surprise-view") and not hidden(browser, "single-view")
+
+
+def test_surprise_with_a_label(labels_server, browser):
+    open_model(browser, labels_server, "fruit", 3)
+    choose(browser, "condition", "")  # each label: the text is scored with one
+    assert not browser.find_element("id", "surprise").is_enabled()
+    text = FRUIT["b"]
+    set_value(browser, "prompt", text)
+    results = {}
+    for label in FRUIT:
+        choose(browser, "condition", label)
+        browser.find_element("id", "surprise").click()
+        stats = surprise_done(browser)
+        _, per_char = api_scores(labels_server, text, model="fruit", condition=label)
+        assert f"{per_char:.3f} bits/char" in stats
+        results[label] = per_char
+        js(browser, "document.getElementById('surprise-stats').textContent = ''")
+    assert min(results, key=results.get) == "b"  # its own label explains the sentence best
+    assert error_hidden(browser)
+
+
 # -- a sequence-to-sequence model ---------------------------------------------------------------
 
 

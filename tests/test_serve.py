@@ -375,6 +375,133 @@ def test_echo(client):
     assert r.choices[0].text == "the " + plain.choices[0].text
 
 
+def local_scores(run, prompt: str, condition=None, top: int = 0):
+    """A prompt's logprobs from one forward pass here: (each token's, its top alternatives)."""
+    import torch
+
+    from genrnn.state import start
+
+    ids = [EOS_ID] + run.tokenizer.encode(prompt)
+    if len(ids) == 1:
+        return [], []
+    with torch.no_grad():
+        cond = None if condition is None else run.encode_condition(condition, 1)
+        logits, _, _ = run.model(torch.tensor([ids[:-1]]), None, start(run.model, cond))
+    lsm = torch.log_softmax(logits.float(), dim=-1)[0]
+    chosen = lsm[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+    values, tops = torch.topk(lsm, top, dim=-1) if top else (None, None)
+    alternatives = [] if not top else [{run.tokenizer.token_str(t): v for t, v in zip(ti, vi)}
+                                       for ti, vi in zip(tops.tolist(), values.tolist())]
+    return chosen, alternatives
+
+
+def test_echo_with_logprobs_scores_the_prompt(client, run):
+    prompt = "the lazy dog jumps"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=0, echo=True, logprobs=3)
+    (choice,) = r.choices
+    assert choice.text == prompt and choice.finish_reason == "length"
+    assert r.usage.prompt_tokens == len(prompt) and r.usage.completion_tokens == 0
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == prompt and lp.text_offset == list(range(len(prompt)))
+    want, alternatives = local_scores(run, prompt, top=3)
+    assert lp.token_logprobs == pytest.approx(want, abs=1e-4)  # the first token's too: predicted from <eos>
+    assert lp.token_logprobs[0] is not None
+    for got, expected in zip(lp.top_logprobs, alternatives):
+        assert list(got) == list(expected) and list(got.values()) == pytest.approx(list(expected.values()),
+                                                                                    abs=1e-4)
+    # then the generated tokens, as without echo
+    kwargs = dict(model=MODEL, prompt=prompt, max_tokens=8, temperature=0.9, seed=2, logprobs=2)
+    plain = client.completions.create(**kwargs).choices[0]
+    echoed = client.completions.create(echo=True, **kwargs).choices[0]
+    assert echoed.text == prompt + plain.text
+    n = len(prompt)
+    assert echoed.logprobs.tokens == [c for c in prompt] + plain.logprobs.tokens
+    assert echoed.logprobs.token_logprobs[:n] == pytest.approx(want, abs=1e-4)
+    assert echoed.logprobs.token_logprobs[n:] == plain.logprobs.token_logprobs
+    assert echoed.logprobs.text_offset[n:] == plain.logprobs.text_offset
+    assert all(len(top) == 2 for top in echoed.logprobs.top_logprobs)
+
+
+def test_echo_with_logprobs_for_several_prompts_and_streamed(client, run):
+    prompts = ["a jolly wizard", "", "old london town and then"]
+    kwargs = dict(model=MODEL, prompt=prompts, max_tokens=5, temperature=1.0, n=2, seed=7, echo=True, logprobs=1)
+    plain = client.completions.create(**kwargs)
+    assert [c.index for c in plain.choices] == list(range(6))
+    for c in plain.choices:
+        prompt = prompts[c.index // 2]
+        want, _ = local_scores(run, prompt)
+        assert c.logprobs.token_logprobs[: len(prompt)] == pytest.approx(want, abs=1e-4)
+        assert "".join(c.logprobs.tokens[: len(prompt)]) == prompt
+        assert "".join(t for t in c.logprobs.tokens[len(prompt):] if t != "<eos>") == c.text[len(prompt):]
+    first: Dict[int, object] = {}
+    texts: Dict[int, str] = {}
+    tokens: Dict[int, List[str]] = {}
+    logprobs: Dict[int, List[float]] = {}
+    for chunk in client.completions.create(stream=True, **kwargs):
+        for c in chunk.choices:
+            first.setdefault(c.index, c)
+            texts[c.index] = texts.get(c.index, "") + c.text
+            tokens.setdefault(c.index, []).extend(c.logprobs.tokens)
+            logprobs.setdefault(c.index, []).extend(c.logprobs.token_logprobs)
+    for c in plain.choices:
+        prompt = prompts[c.index // 2]
+        head = first[c.index]
+        assert head.text.startswith(prompt) and "".join(head.logprobs.tokens[: len(prompt)]) == prompt
+        assert texts[c.index] == c.text and tokens[c.index] == c.logprobs.tokens
+        assert logprobs[c.index] == pytest.approx(c.logprobs.token_logprobs, abs=1e-6)
+
+
+def test_echo_with_logprobs_of_a_long_prompt_in_chunks(run, monkeypatch):
+    """The engine scores a prompt a chunk of positions at a time when its logits would be large."""
+    import genrnn.serve.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "SCORE_ELEMENTS", 7 * run.tokenizer.vocab_size)
+    prompt = tiny_text(2, seed=3)
+    with BackgroundServer(create_app({MODEL: run}, LIMITS)) as srv:
+        r = httpx.post(f"{srv.url}/v1/completions",
+                       json={"prompt": [prompt, "the"], "max_tokens": 0, "echo": True, "logprobs": 0}).json()
+    want, _ = local_scores(run, prompt)
+    assert r["choices"][0]["logprobs"]["token_logprobs"] == pytest.approx(want, abs=1e-4)
+    assert r["choices"][0]["logprobs"]["top_logprobs"] == [{}] * len(prompt)
+    assert r["choices"][1]["logprobs"]["token_logprobs"] == pytest.approx(local_scores(run, "the")[0], abs=1e-4)
+
+
+def test_prompt_pieces_line_up_with_word_tokens():
+    from genrnn.serve.app import _prompt_pieces
+    from genrnn.tokenizers import build_tokenizer
+
+    words = build_tokenizer("word", ["Alice was tired, very tired.\nThe end"])
+    text = "  Alice was  tired, zebra.\nThe end "
+    pieces = _prompt_pieces(words, text, words.encode(text))
+    assert [t for t, _ in pieces] == ["  Alice", " was", "  tired", ",", " zebra", ".", "\n", "The", " end"]
+    assert [o for _, o in pieces] == [sum(len(t) for t, _ in pieces[:i]) for i in range(len(pieces))]
+    chars = build_tokenizer("char", ["abc"], lower=True)
+    assert _prompt_pieces(chars, "AbX", chars.encode("AbX")) == [("A", 0), ("b", 1), ("X", 2)]
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory):
+    """A sequence-to-sequence model trained for two steps (its output does not matter)."""
+    from test_seq2seq import strings, write_pairs
+
+    folder = tmp_path_factory.mktemp("s2s")
+    sources = strings(64, 0)
+    table = write_pairs(folder / "pairs.csv", sources, [s[::-1] for s in sources])
+    return genrnn.train(str(table), task="seq2seq", source_field="src", target_field="tgt", out=folder / "run",
+                        max_steps=2, hidden_size=16, num_layers=1, seq_len=16, sample_every=0, eval_every=1000,
+                        device="cpu")
+
+
+def test_echo_with_logprobs_is_refused_for_a_seq2seq_model(translator):
+    with BackgroundServer(create_app({"s2s": translator}, LIMITS)) as srv:
+        url = f"{srv.url}/v1/completions"
+        r = httpx.post(url, json={"prompt": "abc", "max_tokens": 0, "echo": True, "logprobs": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
+        assert "source" in r.json()["error"]["message"]
+        ok = httpx.post(url, json={"prompt": "abc", "max_tokens": 3, "logprobs": 2})  # logprobs alone: fine
+        assert ok.status_code == 200 and len(ok.json()["choices"][0]["logprobs"]["tokens"]) >= 1
+
+
 # -- errors ----------------------------------------------------------------------------
 
 

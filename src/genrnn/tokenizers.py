@@ -97,6 +97,12 @@ class Tokenizer(abc.ABC):
     def from_dict(cls, d: dict[str, Any]) -> Tokenizer:
         """Inverse of :meth:`to_dict`; raises GenrnnError on a corrupt dict."""
 
+    def spans(self, text: str) -> list[tuple[int, int]] | None:
+        """Where each token of ``text`` lies in it, (start, end) per token of
+        :meth:`encode`; None where that cannot be told (lower-casing that
+        changes the text's length)."""
+        return None
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``. ``<pad>`` and ``<eos>`` decode to nothing.
 
@@ -257,6 +263,11 @@ class CharTokenizer(_VocabTokenizer):
     def decoder(self) -> StreamDecoder:
         return _PieceDecoder(self._pieces)
 
+    def spans(self, text: str) -> list[tuple[int, int]] | None:
+        if self.lower and len(text.lower()) != len(text):
+            return None
+        return [(i, i + 1) for i in range(len(text))]
+
     @staticmethod
     def _is_token(token: str) -> bool:
         return len(token) == 1
@@ -375,6 +386,12 @@ class _PatternTokenizer(_VocabTokenizer):
 
     def _tokens(self, text: str) -> list[str]:
         return self._PATTERN.findall(text.lower() if self.lower else text)
+
+    def spans(self, text: str) -> list[tuple[int, int]] | None:
+        seen = text.lower() if self.lower else text
+        if len(seen) != len(text):
+            return None
+        return [m.span() for m in self._PATTERN.finditer(seen)]
 
     def encode(self, text: str) -> list[int]:
         get = self._stoi.get

@@ -318,6 +318,13 @@ class _Job:
     include_usage: bool
     id: str
     created: int
+    # echo + logprobs: each prompt's tokens as (text, offset in the prompt), for its logprobs
+    pieces: Optional[List[List[Tuple[str, int]]]] = None
+
+    @property
+    def scored(self) -> bool:
+        """Whether the prompts' own logprobs come first in each choice's (echo + logprobs)."""
+        return self.pieces is not None
 
     @classmethod
     def build(cls, body: CompletionRequest, model: str, run: Any, limits: Limits,
@@ -337,8 +344,6 @@ class _Job:
                                 f"this server allows at most {limits.max_rows} per request", param="prompt")
         if body.best_of is not None and body.best_of != body.n:
             raise APIError(400, "best_of is not supported (only best_of == n)", param="best_of")
-        if body.echo and body.logprobs is not None:
-            raise APIError(400, "echo together with logprobs is not supported", param="echo")
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if body.beam is not None:
             for name, bad in (("n", body.n != 1), ("stop", bool(stop)), ("logprobs", body.logprobs is not None)):
@@ -349,6 +354,11 @@ class _Job:
         if seq2seq and body.condition is not None:
             raise APIError(400, f"the model '{model}' translates its prompt: give the source sentence as the "
                                 "prompt, not a condition", param="condition")
+        scored = body.echo and body.logprobs is not None  # the prompt's own logprobs too
+        if seq2seq and scored:
+            raise APIError(400, f"the model '{model}' translates its prompt: a source sentence is read, not "
+                                "predicted, so it has no logprobs to echo; leave out echo (logprobs alone gives "
+                                "the translation's)", param="echo")
         if len(stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stop):
             raise APIError(400, f"stop takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters",
                            param="stop")
@@ -383,11 +393,15 @@ class _Job:
                                    top_p=None if body.top_p >= 1.0 else body.top_p, greedy=body.greedy,
                                    stop=tuple(stop), logprobs=body.logprobs,
                                    seed=None if body.seed is None else row_seed(body.seed, index),
-                                   beam=body.beam, length_penalty=body.length_penalty)
+                                   beam=body.beam, length_penalty=body.length_penalty,
+                                   # one row per prompt scores it; the prompt's other rows share its scores
+                                   prompt_logprobs=body.logprobs if scored and j == 0 else None)
                 specs.append(RowSpec(index, ids, params, None if condition is None else condition[p]))
         return cls(model=model, prompts=prompts, n=body.n, specs=specs,
                    prompt_tokens=sum(len(ids) - 1 for ids in encoded), echo=body.echo,
                    logprobs=body.logprobs is not None,
+                   pieces=[_prompt_pieces(run.tokenizer, p, ids[1:]) for p, ids in zip(prompts, encoded)]
+                   if scored else None,
                    include_usage=bool(body.stream_options and body.stream_options.include_usage),
                    id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()))
 
@@ -398,15 +412,52 @@ class _Job:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                 "choices": choices}
 
-    def logprobs_of(self, index: int, updates: List[Update]) -> Dict[str, Any]:
+    def logprobs_of(self, index: int, updates: List[Update],
+                    prompt: Optional[List[Tuple[float, Dict[str, float]]]] = None) -> Dict[str, Any]:
+        """A choice's logprobs: with ``prompt`` (the engine's scores of its
+        prompt), the prompt's tokens first, then the generated ones."""
         base = len(self.prompt_of(index))
         tokens = [t for u in updates for t in u.tokens]
-        return {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-                "top_logprobs": [t.top for t in tokens], "text_offset": [base + t.offset for t in tokens]}
+        out = {"tokens": [t.text for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+               "top_logprobs": [t.top for t in tokens], "text_offset": [base + t.offset for t in tokens]}
+        if prompt is not None and self.pieces is not None:
+            pieces = self.pieces[index // self.n]
+            out["tokens"][:0] = [text for text, _ in pieces]
+            out["token_logprobs"][:0] = [logprob for logprob, _ in prompt]
+            out["top_logprobs"][:0] = [top for _, top in prompt]
+            out["text_offset"][:0] = [offset for _, offset in pieces]
+        return out
+
+    def prompt_scores(self, updates: List[Update], into: Dict[int, Any]) -> None:
+        """Note the prompt scores among ``updates``: prompt number -> its scores."""
+        for u in updates:
+            if u.prompt is not None:
+                into[u.index // self.n] = u.prompt
 
     def usage(self, completion_tokens: int) -> Dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": self.prompt_tokens + completion_tokens}
+
+
+def _prompt_pieces(tokenizer: Any, text: str, ids: List[int]) -> List[Tuple[str, int]]:
+    """Each token of a prompt as (its text, where it starts in the prompt),
+    the spaces before a token counted in its text (as OpenAI's tokens have
+    them), so the pieces add up to the prompt but for spaces at its end.
+    Where the prompt cannot be lined up with its tokens (lower-casing that
+    changes lengths), the tokens as decoded instead."""
+    spans = tokenizer.spans(text)
+    if spans is None or len(spans) != len(ids):
+        decoder, pieces, at = tokenizer.decoder(), [], 0
+        for tid in ids:
+            piece = decoder.push(tid)
+            pieces.append((piece, min(at, len(text))))
+            at += len(piece)
+        return pieces
+    pieces, end = [], 0
+    for _, stop in spans:
+        pieces.append((text[end:stop], end))
+        end = stop
+    return pieces
 
 
 _FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -481,11 +532,13 @@ async def _collect(job: _Job, sink: _QueueSink) -> Dict[str, Any]:
     updates: List[List[Update]] = [[] for _ in range(rows)]
     reasons: List[Optional[str]] = [None] * rows
     counts = [0] * rows
+    scores: Dict[int, Any] = {}  # prompt number -> its logprobs (echo + logprobs)
     left = rows
     while left:
         batch = await sink.next_batch()
         if batch is None:  # the client is gone; nobody reads the answer
             raise APIError(499, "client closed the request")
+        job.prompt_scores(batch, scores)
         for u in batch:
             _check_failure(u)
             texts[u.index] += u.text
@@ -499,7 +552,8 @@ async def _collect(job: _Job, sink: _QueueSink) -> Dict[str, Any]:
     for i in range(rows):
         text = job.prompt_of(i) + texts[i] if job.echo else texts[i]
         choices.append({"text": text, "index": i, "finish_reason": reasons[i],
-                        "logprobs": job.logprobs_of(i, updates[i]) if job.logprobs else None})
+                        "logprobs": job.logprobs_of(i, updates[i], scores.get(i // job.n)) if job.logprobs
+                        else None})
     response = job.envelope(choices)
     response["usage"] = job.usage(sum(counts))
     return response
@@ -522,8 +576,10 @@ async def _stream(job: _Job, sink: _QueueSink, ticket, watcher: asyncio.Task):
     left = rows
     last_write = 0.0
     loop = asyncio.get_running_loop()
+    scores: Dict[int, Any] = {}  # echo + logprobs: prompt number -> its logprobs
+    echoed = [not job.scored] * rows  # whether a choice's prompt went out (in its first chunk with logprobs)
     try:
-        if job.echo:
+        if job.echo and not job.scored:
             yield b"".join(_sse(job.envelope([{"text": job.prompt_of(i), "index": i, "logprobs": None,
                                                 "finish_reason": None}])) for i in range(rows))
         while left:
@@ -536,6 +592,10 @@ async def _stream(job: _Job, sink: _QueueSink, ticket, watcher: asyncio.Task):
             merged: Dict[int, List[Update]] = {}
             for u in batch:
                 merged.setdefault(u.index, []).append(u)
+            if job.scored:
+                # a prompt's scores come in its first row's first update, which the engine sends
+                # before any update of that prompt's rows (they join with or after it)
+                job.prompt_scores(batch, scores)
             out = []
             for index, ups in merged.items():
                 last = ups[-1]
@@ -549,8 +609,14 @@ async def _stream(job: _Job, sink: _QueueSink, ticket, watcher: asyncio.Task):
                 counts[index] = last.completion_tokens
                 reason = _FINISH[last.finish_reason] if last.finish_reason else None
                 left -= reason is not None
-                choice = {"text": "".join(u.text for u in ups), "index": index, "finish_reason": reason,
-                          "logprobs": job.logprobs_of(index, ups) if job.logprobs else None}
+                text = "".join(u.text for u in ups)
+                prompt = None
+                if not echoed[index]:  # echo + logprobs: the prompt and its logprobs in the first chunk
+                    echoed[index] = True
+                    text = job.prompt_of(index) + text
+                    prompt = scores.get(index // job.n)
+                choice = {"text": text, "index": index, "finish_reason": reason,
+                          "logprobs": job.logprobs_of(index, ups, prompt) if job.logprobs else None}
                 out.append(_sse(job.envelope([choice])))
             last_write = loop.time()
             yield b"".join(out)

@@ -7,6 +7,8 @@ read once either way). So the engine keeps the rows of all requests -- every
 prompt times ``n`` -- in one batch per model::
 
     loop:
+        rows that asked for their prompt's logprobs (echo + logprobs) get
+        them from one teacher-forced pass over their prompts (``_score``)
         rows that joined since the last step run through one ``prefill``
         (from ``state.start`` of their stacked conditions) and join the batch
         (``state.cat_rows``; the sampler adds their settings)
@@ -61,6 +63,10 @@ PREFILL_TOKENS = 65_536
 # row's first text and its end go at once). Well under the app's 20 ms between
 # writes of a stream, and it spares the loop (and the GIL) a wake-up per step.
 DELIVERY_INTERVAL = 0.002
+# Scoring prompts (echo + logprobs) runs them through the model a chunk of
+# positions at a time, so that the logits held at once (rows x positions x
+# vocabulary) stay under this many numbers.
+SCORE_ELEMENTS = 1 << 23
 
 
 class EngineFull(Exception):
@@ -85,6 +91,9 @@ class RowParams:
     seed: Optional[int] = None  # the row's own seed (app: sampling.row_seed); None: a fresh random one
     beam: Optional[int] = None  # beam search with this many beams instead of sampling (one update at the end)
     length_penalty: float = 1.0  # with beam: rank by log p / length^length_penalty
+    # also score the prompt: each of its tokens' logprob given those before it (the first given the
+    # beginning-of-document <eos>) and this many alternatives, in Update.prompt before any other update
+    prompt_logprobs: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,9 @@ class Update:
     finish_reason: Optional[str] = None  # "eos", "stop", "length", "cancelled" or "error"
     completion_tokens: int = 0
     error: Optional[str] = None
+    # with RowParams.prompt_logprobs: (logprob, top alternatives) of each prompt token after the
+    # leading <eos>, in order; in the row's first update
+    prompt: Optional[List[Tuple[float, Dict[str, float]]]] = None
 
 
 class _Row:
@@ -371,9 +383,12 @@ class Engine:
 
     def _iterate(self, slot: _Slot, joining: List[_Row], outbox: List[Tuple[_Row, Update]]) -> None:
         if joining:
+            scoring = [r for r in joining if r.params.prompt_logprobs is not None and not r.ticket.cancelled]
+            if scoring:
+                self._score(slot, scoring, outbox)
             ready, searches = [], []
             for row in joining:
-                if row.ticket.cancelled:
+                if row.ticket.cancelled or row.done:
                     continue
                 if row.params.max_tokens <= 0:  # nothing to generate
                     self._finish(row, Update(row.index, finish_reason="length"), outbox)
@@ -483,6 +498,61 @@ class Engine:
                 text, _ = row.text.push_all(best.ids + ([EOS_ID] if best.finish_reason == "eos" else []))
                 self.tokens += best.length
                 self._finish(row, Update(row.index, text, [], best.finish_reason, best.length), outbox)
+
+    def _score(self, slot: _Slot, rows: List[_Row], outbox: List[Tuple[_Row, Update]]) -> None:
+        """The prompt's logprobs of rows that asked (echo + logprobs), as the
+        first update of each: before they join, from one teacher-forced pass
+        (``model(idx, None, state)`` from ``state.start``, as
+        ``TrainedModel.score``) over each kind's prompts, right-padded (the
+        padding after a prompt does not change what comes before it). A row
+        whose scoring fails ends with an error; the others go on."""
+        kinds: Dict[bool, List[_Row]] = {}
+        for row in rows:
+            kinds.setdefault(row.condition is not None, []).append(row)
+        for conditioned, group in kinds.items():
+            try:
+                scores = self._score_prompts(slot, group, conditioned)
+            except Exception as e:
+                if not isinstance(e, GenrnnError):
+                    log.exception("scoring prompts failed on model %s", slot.name)
+                message = str(e) if isinstance(e, GenrnnError) else f"scoring failed: {type(e).__name__}: {e}"
+                self._fail_rows(group, message, outbox)
+                continue
+            for row, prompt in zip(group, scores):
+                outbox.append((row, Update(row.index, prompt=prompt)))
+
+    def _score_prompts(self, slot: _Slot, rows: List[_Row],
+                       conditioned: bool) -> List[List[Tuple[float, Dict[str, float]]]]:
+        idx, lengths = padded_prompts([r.ids for r in rows])
+        out: List[List[Tuple[float, Dict[str, float]]]] = [[] for _ in rows]
+        positions = idx.shape[1] - 1  # position t predicts token t + 1
+        if positions <= 0:
+            return out
+        lengths = lengths.tolist()
+        idx = idx.to(slot.device)
+        condition = states.stack_conditions([r.condition for r in rows]).to(slot.device) if conditioned else None
+        chunk = max(1, SCORE_ELEMENTS // (len(rows) * max(1, slot.tokenizer.vocab_size)))
+        token_str = slot.tokenizer.token_str
+        with slot.autocast():
+            state = states.start(slot.model, condition)
+            for a in range(0, positions, chunk):
+                b = min(positions, a + chunk)
+                logits, _, state = slot.model(idx[:, a:b], None, state)
+                lsm = torch.log_softmax(logits.float(), dim=-1)  # (B, b - a, V)
+                chosen = lsm.gather(2, idx[:, a + 1 : b + 1, None])[..., 0].tolist()
+                top_n = min(max(r.params.prompt_logprobs for r in rows), lsm.shape[-1])
+                if top_n > 0:
+                    top_values, top_ids = torch.topk(lsm, top_n, dim=-1)
+                    top_values, top_ids = top_values.tolist(), top_ids.tolist()
+                for i, row in enumerate(rows):
+                    n = row.params.prompt_logprobs
+                    for t in range(b - a):
+                        if a + t + 1 >= lengths[i]:
+                            break
+                        top = ({token_str(k): _finite(v) for k, v in zip(top_ids[i][t][:n], top_values[i][t][:n])}
+                               if n else {})
+                        out[i].append((_finite(chosen[i][t]), top))
+        return out
 
     def _prefill(self, slot: _Slot, rows: List[_Row], conditioned: bool):
         idx, lengths = padded_prompts([r.ids for r in rows])

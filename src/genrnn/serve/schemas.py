@@ -67,8 +67,13 @@ class CompletionRequest(_Strict):
     logprobs: Optional[int] = Field(
         None, ge=0, le=MAX_LOGPROBS,
         description="Return the log-probability of each token and of the `logprobs` most likely ones "
-                    "(the model's own distribution, before temperature and filtering).")
-    echo: bool = Field(False, description="Put the prompt before the completion in `text`.")
+                    "(the model's own distribution, before temperature and filtering). With `echo`, the "
+                    "prompt's tokens too.")
+    echo: bool = Field(
+        False, description="Put the prompt before the completion in `text`. With `logprobs`, the prompt's own "
+                           "tokens also come first in `logprobs`, each scored given the text before it (in a "
+                           "stream, in each choice's first chunk); `max_tokens: 0` then scores the prompt "
+                           "alone. Not with a sequence-to-sequence model, whose prompt is a source.")
     user: Optional[str] = Field(None, max_length=256, description="Accepted and ignored.")
     # OpenAI options accepted only with their neutral values
     presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Only 0 (not supported).")
@@ -79,11 +84,18 @@ class CompletionRequest(_Strict):
 
 
 class Logprobs(BaseModel):
-    """OpenAI's legacy logprobs: one entry per generated token."""
+    """OpenAI's legacy logprobs: one entry per generated token; with `echo`, the
+    prompt's tokens first."""
 
-    tokens: List[str]
-    token_logprobs: List[Optional[float]]
-    top_logprobs: Optional[List[Optional[Dict[str, float]]]]
+    tokens: List[str] = Field(description="Each token's text. A prompt token's includes the spaces before it, "
+                                          "so the prompt's add up to the prompt (but for spaces at its end).")
+    token_logprobs: List[Optional[float]] = Field(
+        description="Each token's natural-log probability given the tokens before it. Unlike OpenAI, whose first "
+                    "echoed token has null, the first prompt token has a real value here: genrnn begins every "
+                    "prompt with the beginning-of-document `<eos>` and predicts the first token from it.")
+    top_logprobs: Optional[List[Optional[Dict[str, float]]]] = Field(
+        description="The `logprobs` most likely tokens at each position (vocabulary entries), with their "
+                    "log-probabilities.")
     text_offset: List[int] = Field(description="Where each token starts in the prompt + completion text.")
 
 

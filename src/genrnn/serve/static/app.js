@@ -4,13 +4,18 @@
 // gets a label picker (its label goes out as `condition`); a captioner gets an
 // image drop zone, and its images go to POST /v1/captions as base64 JSON; a
 // sequence-to-sequence model (condition kind "text") takes its source sentence
-// as the prompt, decoded by beam search (`beam`) or sampled.
+// as the prompt, decoded by beam search (`beam`) or sampled. Surprise scores
+// the prompt itself (`echo` + `logprobs`, no tokens generated) and shows what
+// the model expects next at five temperatures.
 "use strict";
 
 const SWEEP = [0.3, 0.8, 1.0, 1.3, 1.8];
 const SWEEP_TITLE = "The same prompt at temperatures 0.3, 0.8, 1.0, 1.3 and 1.8";
+const SURPRISE_TITLE = "How surprised the model is by each token of the prompt, and what it expects next at five temperatures";
 const CAPTION_WORKERS = 4; // caption requests in flight at once (the server batches them)
-const VIEWS = ["single", "sweep", "labels", "captions"];
+const VIEWS = ["single", "sweep", "surprise", "labels", "captions"];
+const SURPRISE_TOP = 5; // alternatives in a scored token's tooltip
+const NEXT_TOP = 20; // next-token alternatives asked for (the most the server gives)
 const $ = (id) => document.getElementById(id);
 let apiKey = localStorage.getItem("genrnn-api-key") || "";
 let running = null; // the AbortController of what is generating now
@@ -121,7 +126,8 @@ function applyModel(reloaded) {
   refreshVisibility();
   const showing = VIEWS.find((v) => !$(`${v}-view`).hidden);
   if (captioner) showView("captions");
-  else if (showing === "captions" || (showing === "labels" && !labelled) || (showing === "sweep" && seq2seq)) {
+  else if (showing === "captions" || (showing === "labels" && !labelled)
+           || ((showing === "sweep" || showing === "surprise") && seq2seq)) {
     showView("single");
   }
   updateButtons();
@@ -323,6 +329,8 @@ function updateButtons() {
   $("generate").disabled = busy;
   $("sweep").disabled = busy || each;
   $("sweep").title = each ? "Choose one label for the temperature sweep" : SWEEP_TITLE;
+  $("surprise").disabled = busy || each;
+  $("surprise").title = each ? "Choose one label to score the text with" : SURPRISE_TITLE;
 }
 
 function begin() {
@@ -463,6 +471,169 @@ function everyLabel() {
     data: { label: name },
     body: () => settings(undefined, name),
   })), `${c.labels.length} labels`);
+}
+
+// -- surprise ---------------------------------------------------------------------------
+
+async function completeOnce(body, signal) {
+  const res = await fetch("/v1/completions", { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+  if (!res.ok) throw await errorOf(res);
+  return res.json();
+}
+
+// A request about the prompt box's text, with the chosen label (or vector).
+function scoring(extra) {
+  const body = { model: $("model").value || undefined, prompt: $("prompt").value, ...extra };
+  const cond = condition();
+  if (cond !== undefined) body.condition = cond;
+  return body;
+}
+
+const bitsOf = (logprob) => -logprob / Math.LN2;
+const percent = (p) => (p >= 0.0995 ? (100 * p).toFixed(1) + "%" : p >= 1e-4 ? (100 * p).toPrecision(2) + "%"
+  : "<0.01%");
+
+// A token as the tooltips and bars show it: quoted, so spaces and line breaks show.
+function shownToken(token) {
+  return /^<[a-z]+>$/.test(token) ? token : JSON.stringify(token);
+}
+
+// Green (0 bits) through yellow to red (`cap` bits and more).
+function surpriseColour(bits, cap) {
+  const x = Math.min(1, Math.max(0, bits / cap));
+  return `hsl(${Math.round(120 * (1 - x))} 80% 50% / 0.4)`;
+}
+
+// How surprised the model is by each token of the prompt (one request that
+// scores it: echo + logprobs, max_tokens 0), and its next token at each
+// temperature of the sweep (one more: the top-20 at the first generated position).
+async function surprise() {
+  if (mode !== "text" || seq2seq || eachLabel()) return;
+  let scoreBody, nextBody;
+  try {
+    scoreBody = scoring({ echo: true, logprobs: SURPRISE_TOP, max_tokens: 0 });
+    nextBody = scoring({ max_tokens: 1, logprobs: NEXT_TOP });
+  } catch (e) { showError(e.message); return; }
+  const controller = begin();
+  showView("surprise");
+  $("surprise-stats").textContent = "scoring…";
+  const started = performance.now();
+  try {
+    const [scored, next] = await Promise.all([completeOnce(scoreBody, controller.signal),
+                                              completeOnce(nextBody, controller.signal)]);
+    showSurprise(scoreBody.prompt, scored.choices[0].logprobs, (performance.now() - started) / 1000);
+    const after = next.choices[0].logprobs;
+    showNextToken((after && after.top_logprobs && after.top_logprobs[0]) || {});
+  } catch (e) {
+    if (e.name === "AbortError") $("surprise-stats").textContent = "stopped";
+    else { showError(e.message); $("surprise-stats").textContent = ""; }
+  } finally {
+    end(controller);
+  }
+}
+
+function tooltip(token, bits, top) {
+  const lines = [`${shownToken(token)}: ${bits.toFixed(2)} bits (p = ${percent(2 ** -bits)})`];
+  const alternatives = Object.entries(top || {}).sort((a, b) => b[1] - a[1]);
+  if (alternatives.length) lines.push("the model expected:");
+  for (const [alt, logprob] of alternatives) lines.push(`  ${shownToken(alt)}  ${percent(Math.exp(logprob))}`);
+  return lines.join("\n");
+}
+
+function showSurprise(text, lp, seconds) {
+  const card = current();
+  const vocab = (card && card.genrnn && card.genrnn.vocab_size) || 2;
+  const cap = Math.max(1, Math.log2(vocab)); // a uniform guess over the vocabulary
+  const pre = $("surprise-text");
+  const spans = [];
+  let total = 0;
+  lp.tokens.forEach((token, i) => {
+    const bits = bitsOf(lp.token_logprobs[i]);
+    total += bits;
+    const span = document.createElement("span");
+    span.className = "tok";
+    span.textContent = token;
+    span.dataset.bits = bits.toFixed(4);
+    span.style.backgroundColor = surpriseColour(bits, cap);
+    span.title = tooltip(token, bits, lp.top_logprobs && lp.top_logprobs[i]);
+    spans.push(span);
+  });
+  const joined = lp.tokens.join("");
+  const rest = text.startsWith(joined) ? text.slice(joined.length) : ""; // spaces after the last token
+  pre.replaceChildren(...spans, rest);
+  const chars = [...text].length; // code points, as the server counts them
+  const perChar = chars ? total / chars : 0;
+  const stats = $("surprise-stats");
+  stats.dataset.bitsPerChar = String(perChar);
+  stats.textContent = chars
+    ? `${lp.tokens.length} tokens, ${chars} characters: ${total.toFixed(1)} bits, `
+      + `${perChar.toFixed(3)} bits/char — ${seconds.toFixed(2)} s`
+    : `no text to score: the prompt is empty — ${seconds.toFixed(2)} s`;
+  $("surprise-max").textContent = `${cap.toFixed(1)} bits and more (a uniform guess over ${vocab} tokens)`;
+  $("surprise-empty").hidden = true;
+  pre.hidden = false;
+  $("surprise-legend").hidden = false;
+}
+
+// The top-k next-token distribution renormalised at temperature t: [[token, p]...] and its entropy in bits.
+function atTemperature(entries, t) {
+  const top = Math.max(...entries.map(([, l]) => l));
+  const weights = entries.map(([, l]) => Math.exp((l - top) / t));
+  const sum = weights.reduce((a, b) => a + b, 0);
+  const probs = entries.map(([token], i) => [token, weights[i] / sum]);
+  const entropy = -probs.reduce((h, [, p]) => h + (p > 0 ? p * Math.log2(p) : 0), 0);
+  return { probs, entropy };
+}
+
+function showNextToken(top) {
+  const entries = Object.entries(top).sort((a, b) => b[1] - a[1]);
+  $("next-box").hidden = !entries.length;
+  if (!entries.length) return;
+  const mass = entries.reduce((m, [, l]) => m + Math.exp(l), 0);
+  $("next-panels").replaceChildren(...SWEEP.map((t, i) => {
+    const { probs, entropy } = atTemperature(entries, t);
+    const panel = document.createElement("div");
+    panel.className = "panel next-panel";
+    panel.id = `next-panel-${i}`;
+    panel.dataset.temperature = String(t);
+    panel.dataset.entropy = String(entropy);
+    const title = document.createElement("h3");
+    const name = document.createElement("span");
+    name.textContent = `T = ${t.toFixed(1)}`;
+    const small = document.createElement("small");
+    small.textContent = `H = ${entropy.toFixed(2)} bits`;
+    small.title = "entropy of this distribution";
+    title.append(name, small);
+    const bars = document.createElement("div");
+    bars.className = "bars";
+    bars.setAttribute("role", "list");
+    for (const [token, p] of probs) {
+      const row = document.createElement("div");
+      row.className = "bar-row";
+      row.setAttribute("role", "listitem");
+      row.title = `${shownToken(token)}: ${percent(p)} at T = ${t.toFixed(1)}`;
+      const label = document.createElement("span");
+      label.className = "bar-label";
+      label.textContent = shownToken(token);
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      const fill = document.createElement("span");
+      fill.className = "bar-fill";
+      fill.style.width = `${(100 * p).toFixed(2)}%`;
+      bar.append(fill);
+      const value = document.createElement("span");
+      value.className = "bar-value";
+      value.textContent = percent(p);
+      row.append(label, bar, value);
+      bars.append(row);
+    }
+    panel.append(title, bars);
+    return panel;
+  }));
+  $("next-hint").textContent = `H is the entropy. An approximation: the server gives the model's ${entries.length} most likely next `
+    + `tokens (together ${percent(mass)} of its probability at T = 1), and each panel renormalises those alone `
+    + "at its temperature. The rest of the vocabulary is left out, which matters most at high temperatures; "
+    + `the entropy is over those ${entries.length} tokens.`;
 }
 
 // -- captions ---------------------------------------------------------------------------
@@ -630,6 +801,7 @@ function init() {
   bind("top-p", (v) => v.toFixed(2));
   $("generate").addEventListener("click", generate);
   $("sweep").addEventListener("click", sweep);
+  $("surprise").addEventListener("click", surprise);
   $("stop").addEventListener("click", () => { if (running) running.abort(); });
   for (const v of VIEWS) $(`tab-${v}`).addEventListener("click", () => showView(v));
   $("prompt").addEventListener("keydown", (e) => {
