@@ -110,3 +110,84 @@ def test_a_label_run_is_scored_under_each_label(fruit_run):  # noqa: F811
     assert len(c["best_label"]) == len(data["tokens"]) and len(c["total_bits"]) == len(c["labels"])
     scores = fruit_run.score(["apples are red"] * len(c["labels"]), condition=fruit_run.condition.label_names())
     assert int(np.argmin(c["total_bits"])) == int(np.argmax(scores))
+
+
+def test_a_planted_quote_unit_ranks_first():
+    """A unit that is +1 inside quotes and -1 outside, among noise, is the first for "inside quotes"."""
+    from genrnn.inspection import _neurons
+
+    pieces = list('plain "quoted text" plain again "more" end\n' * 5)
+    inside = _features(pieces)[:, 0]
+    rng = np.random.default_rng(0)
+    acts = []
+    for q in inside:
+        h = rng.normal(0, 0.3, (2, 16)).astype(np.float32)
+        h[1, 7] = 1.0 if q else -1.0  # layer 2, unit 7
+        acts.append([h, rng.normal(0, 0.3, (2, 16)).astype(np.float32)])
+    ranked = _neurons(acts, pieces, None)["ranked"]["inside quotes"]
+    assert ranked[0]["group"] == "h layer 2" and ranked[0]["unit"] == 7 and ranked[0]["r"] == pytest.approx(1.0)
+
+
+def test_the_temperature_panel_is_softmax_of_logits_over_t(lm):
+    data = analyse(lm, TEXT, at=10, length=5)
+    ids = [EOS_ID] + lm.tokenizer.encode(TEXT)
+    with torch.no_grad():
+        logits, _, _ = lm.model(torch.tensor([ids[:12]]), None, start(lm.model, None))
+    last = logits[0, 11].clone()
+    last[0] = float("-inf")  # <pad> is never drawn
+    for row in data["temperature"]["rows"]:
+        p = torch.softmax(last / row["t"], -1)
+        for token, prob in row["top"]:
+            assert prob == pytest.approx(float(p[lm.tokenizer.encode(token)[0]]), abs=1e-4)
+        entropy = float(-(p[p > 0] * p[p > 0].log2()).sum())
+        assert row["entropy_bits"] == pytest.approx(entropy, abs=1e-3)
+
+
+def test_unknown_characters_are_counted_and_said(lm, tmp_path, capsys):
+    out = tmp_path / "u.html"
+    assert main(["inspect", str(lm.run_dir), "--prompt", "He said \u00e9\u00e9", "--out", str(out),
+                 "--length", "5"]) == 0
+    assert "2 tokens of the text are not in the model's vocabulary" in capsys.readouterr().err
+    assert page_data(out.read_text(encoding="utf-8"))["unknown"] == 2
+
+
+def test_the_page_renders_in_a_browser(lm, tmp_path):
+    """Headless Chromium: no script error, one span per token carrying the model's own
+    surprise, and a unit picked from the ranking recolours the text."""
+    import os
+    import shutil
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (test extra)")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    chromedriver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not (os.path.exists(chromium) and os.path.exists(chromedriver)):
+        pytest.skip("needs Chromium and chromedriver: apt-get install chromium chromium-driver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    from test_playground import artifacts_dir
+
+    out = tmp_path / "page.html"
+    assert main(["inspect", str(lm.run_dir), "--prompt", TEXT, "--out", str(out), "--length", "20"]) == 0
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1600",
+                f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        driver.get(out.as_uri())
+        spans = driver.execute_script("return document.querySelectorAll('.text')[0].querySelectorAll('span').length")
+        assert spans == len(lm.tokenizer.encode(TEXT))
+        shown = driver.execute_script("return JSON.parse(document.getElementById('data').textContent).bits")
+        assert shown == analyse(lm, TEXT, length=20)["bits"]
+        before = driver.execute_script("return document.getElementById('neuron').innerHTML")
+        driver.execute_script("const s = document.getElementById('ranked'); s.selectedIndex = s.options.length - 1;"
+                              "s.onchange();")
+        assert driver.execute_script("return document.getElementById('neuron').innerHTML") != before
+        assert "Neurons" in driver.page_source and "Temperature" in driver.page_source
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        driver.save_screenshot(str(artifacts_dir() / "inspect.png"))
+    finally:
+        driver.quit()

@@ -689,6 +689,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         data = analyse_translations(run, text.splitlines())
     else:
         data = analyse(run, text, at=args.at, length=args.length, seed=args.seed)
+        if data["unknown"]:
+            print(f"genrnn: warning: {data['unknown']:,} tokens of the text are not in the model's vocabulary; "
+                  "they are scored as <unk>", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.run) / "inspect.html"
     atomic_write_text(out, render(data))
     print(out)

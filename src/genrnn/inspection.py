@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .errors import GenrnnError
 from .state import start
-from .tokenizers import EOS_ID
+from .tokenizers import EOS_ID, UNK_ID
 
 TEMPERATURES = (0.3, 0.8, 1.0, 1.3, 1.8)
 MAX_TOKENS = 4000  # tokens analysed per page: a few pages of text
@@ -99,6 +99,7 @@ def analyse(run, text: str, *, at: Optional[int] = None, length: int = 200, seed
     ids = tok.encode(text)
     if not ids:
         raise GenrnnError("the text to inspect is empty")
+    unknown = sum(i == UNK_ID for i in ids)
     truncated = len(ids) > MAX_TOKENS
     ids = ids[:MAX_TOKENS]
     decoder = tok.decoder()
@@ -129,7 +130,7 @@ def analyse(run, text: str, *, at: Optional[int] = None, length: int = 200, seed
     bits = [-lp / math.log(2) for lp in per_label[0]]
     chars = np.cumsum([max(1, len(p)) for p in pieces])
     data: Dict[str, Any] = {
-        "kind": "lm", "run": str(run.run_dir), "model": repr(run), "truncated": truncated,
+        "kind": "lm", "run": str(run.run_dir), "model": repr(run), "truncated": truncated, "unknown": unknown,
         "tokens": pieces, "bits": [round(b, 3) for b in bits], "top": first["tops"],
         "running_bpc": [round(float(b), 4) for b in np.cumsum(bits) / chars],
         "bpc": round(float(sum(bits) / chars[-1]), 4),
@@ -274,7 +275,8 @@ if (D.kind === "lm") {
   const max = Math.max(4, ...D.bits);
   section("Surprise", `<p>Each token coloured by its surprise, -log2 p(token | context) (green 0 bits, red
     ${max.toFixed(1)}); hover for the five likeliest tokens there. <b>${D.bpc} bits per character</b> over
-    ${D.tokens.length} tokens${D.truncated ? " (the text was cut)" : ""}.</p>` + tokens(i => heat(D.bits[i] / max)) +
+    ${D.tokens.length} tokens${D.truncated ? " (the text was cut)" : ""}${D.unknown ? `; ${D.unknown} tokens
+    the model does not know, scored as &lt;unk&gt;` : ""}.</p>` + tokens(i => heat(D.bits[i] / max)) +
     `<p class="muted">Running bits per character:</p><svg id="bpc" width="1000" height="80"></svg>`);
   const svg = document.getElementById("bpc"), r = D.running_bpc, top = Math.max(...r);
   svg.innerHTML = `<polyline fill="none" stroke="#3b6fd8" points="${r.map((v, i) =>
