@@ -282,11 +282,11 @@ if (D.kind === "lm") {
   svg.innerHTML = `<polyline fill="none" stroke="#3b6fd8" points="${r.map((v, i) =>
     `${(i / Math.max(1, r.length - 1) * 990 + 5).toFixed(1)},${(75 - v / top * 70).toFixed(1)}`).join(" ")}"/>`;
   const T = D.temperature;
-  section("Temperature", `<p>The next token after <code>${show(T.context)}</code> (token ${T.at}):</p><table>
-    <tr><th>T</th><th>entropy</th><th>likeliest tokens</th></tr>` + T.rows.map(row => `<tr><td>${row.t}</td>
-    <td>${row.entropy_bits} bits</td><td>${row.top.map(([t, p]) => `<span class="bar" style="width:${Math.round(
-    p * 120)}px"></span> ${show(JSON.stringify(t))} ${(100 * p).toFixed(1)}%`).join("<br>")}</td></tr>`).join("") +
-    `</table>` + Object.entries(D.continuations).filter(([k]) => k !== "prompt_end").map(([k, v]) =>
+  section("Temperature", `<p>The next token after <code>${show(T.context)}</code> (token ${T.at}), side by side
+    at each temperature: softmax(logits / T), its entropy, and its likeliest tokens.</p><table><tr>` +
+    T.rows.map(row => `<th>T ${row.t}: ${row.entropy_bits} bits</th>`).join("") + `</tr><tr>` +
+    T.rows.map(row => `<td>${row.top.map(([t, p]) => `<span class="bar" style="width:${Math.round(p * 90)}px">
+    </span> ${show(JSON.stringify(t))} ${(100 * p).toFixed(1)}%`).join("<br>")}</td>`).join("") + `</tr></table>` + Object.entries(D.continuations).filter(([k]) => k !== "prompt_end").map(([k, v]) =>
     `<p><b>${esc(k)}</b> from there:</p><div class="text">\\u2026${show(D.continuations.prompt_end)}<b>${show(v)}</b></div>`
     ).join(""));
   if (D.neurons) {
