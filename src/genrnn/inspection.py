@@ -167,6 +167,8 @@ def _neurons(acts: List[List[np.ndarray]], pieces: List[str], model) -> Optional
     for name, col in zip(names, columns):
         r = _correlations(col, feats)
         for fi, f in enumerate(FEATURES):
+            if np.ptp(feats[:, fi]) == 0:  # constant in this text (no quotes at all...): nothing to rank
+                continue
             for u in np.argsort(-np.abs(r[fi]))[:TOP_UNITS]:
                 ranked[f].append({"group": name, "unit": int(u), "r": round(float(r[fi, u]), 3)})
     for f in FEATURES:
@@ -272,7 +274,7 @@ document.addEventListener("mousemove", e => {
 });
 app.insertAdjacentHTML("beforeend", `<p class="muted">${esc(D.model)}</p>`);
 if (D.kind === "lm") {
-  const max = Math.max(4, ...D.bits);
+  const max = Math.min(10, Math.max(4, ...D.bits));  // one unknown character must not wash out the rest
   section("Surprise", `<p>Each token coloured by its surprise, -log2 p(token | context) (green 0 bits, red
     ${max.toFixed(1)}); hover for the five likeliest tokens there. <b>${D.bpc} bits per character</b> over
     ${D.tokens.length} tokens${D.truncated ? " (the text was cut)" : ""}${D.unknown ? `; ${D.unknown} tokens
@@ -295,11 +297,14 @@ if (D.kind === "lm") {
     const unit = (g, u) => { const G = groups[g]; if (!decoded[g]) decoded[g] = Int8Array.from(atob(G.data),
       c => c.charCodeAt(0)); const T = D.tokens.length; return Array.from(decoded[g].subarray(u * T, (u + 1) * T),
       v => v / 127); };
-    const options = Object.entries(D.neurons.ranked).map(([f, list]) => `<optgroup label="${f}">` + list.map(x =>
+    const options = Object.entries(D.neurons.ranked).filter(([, list]) => list.length).map(([f, list]) =>
+      `<optgroup label="${f}">` + list.map(x =>
       `<option value="${x.group}|${x.unit}">${x.group} unit ${x.unit} (r ${x.r})</option>`).join("") +
       `</optgroup>`).join("");
+    const flat = Object.entries(D.neurons.ranked).filter(([, list]) => !list.length).map(([f]) => f);
     section("Neurons", `<p>The text coloured by one hidden unit's activation (red positive, blue negative). Units
-      ranked by their correlation r with simple features of the text, or any unit by number.</p>
+      ranked by their correlation r with simple features of the text, or any unit by number.${flat.length ?
+      ` Not ranked, constant in this text: ${flat.join(", ")}.` : ""}</p>
       <select id="ranked">${options}</select> or <select id="group">${names.map(n => `<option>${n}</option>`)
       .join("")}</select> unit <input id="unit" type="number" min="0" value="0" style="width:70px">
       <div id="neuron"></div>`);
