@@ -775,3 +775,13 @@ def test_the_engine_keeps_each_rows_condition(chars):
         mixed = run_engine(engine, [row(0, "a", 3), row(1, None, 4, temperature=0.0)])
         assert mixed.reasons == {0: "error", 1: "length"} and "takes no condition" in mixed.errors[0]
         assert len(mixed.texts[1]) == 4
+
+
+def test_a_vanishing_temperature_draws_the_argmax():
+    """T = 1e-189 (schemathesis found it) must not overflow the logits into a NaN draw."""
+    from genrnn.sampling import RowSampling, Sampler
+
+    logits = torch.tensor([[0.0, 1.0, 5.0, 2.0], [0.0, -3.0, -1.0, -2.0]])
+    sample = Sampler(torch.device("cpu"))
+    sample.add([RowSampling(1e-189, None, None, 1), RowSampling(1e-30, None, 0.5, 2)])
+    assert sample(logits).tolist() == [2, 2]

@@ -73,11 +73,17 @@ def _temperatures(temperature: Temperature) -> List[float]:
 # -- transforms ------------------------------------------------------------------------
 
 
+# The smallest temperature divided by: logits / 1e-189 would overflow to inf and the
+# softmax give NaN (found by the server's fuzz test); / 1e-20 keeps logits finite, and the
+# draw is then the argmax, as the temperature asks.
+_T_MIN = 1e-20
+
+
 def apply_temperature(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """``logits / T`` row-wise; rows with T == 0 are left as they are (greedy
     rows take the argmax, which temperature does not change)."""
     t = temperature.to(logits.dtype).reshape(-1, 1)
-    return logits / torch.where(t > 0, t, torch.ones_like(t))
+    return logits / torch.where(t > 0, t.clamp(min=_T_MIN), torch.ones_like(t))
 
 
 def top_k_filter(logits: torch.Tensor, k: Union[int, torch.Tensor]) -> torch.Tensor:
@@ -304,9 +310,10 @@ class Sampler:
         if temps == {1.0}:
             divisor = None
         elif len(temps) == 1:
-            divisor = torch.tensor(temps.pop(), device=dev)
+            divisor = torch.tensor(max(temps.pop(), _T_MIN), device=dev)
         else:
-            divisor = torch.tensor([1.0 if g else r.temperature for r, g in zip(rows, greedy)], device=dev)[:, None]
+            divisor = torch.tensor([1.0 if g else max(r.temperature, _T_MIN) for r, g in zip(rows, greedy)],
+                                   device=dev)[:, None]
         ks = {r.top_k or 0 for r in drawn}
         top_k, kth_index = None, None
         if len(ks) == 1:
