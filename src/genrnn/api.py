@@ -155,7 +155,7 @@ class TrainedModel:
         cond = self.encode_condition(condition, len(prompts))
         length = self.config.data.seq_len if length is None else length
         ids = [[EOS_ID] + self.tokenizer.encode(p) for p in prompts]
-        order = sorted(range(len(ids)), key=lambda i: -(int((cond[i] != 0).sum()) if self._is_seq2seq() else
+        order = sorted(range(len(ids)), key=lambda i: -(int((cond[i] != 0).sum()) if self.is_seq2seq else
                                                          len(ids[i])))
         out: List[Any] = [None] * len(ids)
         for at in range(0, len(order), batch_size):
@@ -182,7 +182,7 @@ class TrainedModel:
         ``keep_placeholders`` (beam search): of the ``beam`` hypotheses, the best
         whose printf placeholders (``%s``, ``%1$d``...) equal the source's,
         else the best (program messages must carry them over; genrnn.metrics)."""
-        if not self._is_seq2seq():
+        if not self.is_seq2seq:
             raise GenrnnError(f"{self.run_dir} is not a sequence-to-sequence run (it was trained without "
                               "--task seq2seq); use generate or genrnn sample")
         single = isinstance(texts, str)
@@ -217,7 +217,9 @@ class TrainedModel:
             outs = [h[0][0] if num_return == 1 else [(t, sc) for t, sc, _ in h] for h in found]
         return outs[0] if single else outs
 
-    def _is_seq2seq(self) -> bool:
+    @property
+    def is_seq2seq(self) -> bool:
+        """Whether this is a sequence-to-sequence run (its condition is a source sentence)."""
         return self.condition is not None and self.condition.kind == "text"
 
     def _decode(self, prompt_ids: List[int], ids: List[int]) -> str:
@@ -267,7 +269,7 @@ class TrainedModel:
         if eval_set.num_targets == 0:
             raise GenrnnError("nothing to evaluate: no record fits the run's length limit (--seq-len)")
         result: Dict[str, Any] = dict(evaluate(self.model, eval_set, self.runtime))
-        if self._is_seq2seq():
+        if self.is_seq2seq:
             result["pairs"] = len(eval_set.records)
             result["skipped"] = eval_set.skipped
             if beam is not None:

@@ -567,7 +567,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise GenrnnError("--batch-size must be >= 1")
     run = load(args.run, device=args.device)
-    if not run._is_seq2seq():
+    if not run.is_seq2seq:
         raise GenrnnError(f"{args.run} is not a sequence-to-sequence run (trained without --task seq2seq); "
                           "use genrnn sample")
     texts = list(args.text) if args.text else [line.rstrip("\r\n") for line in sys.stdin]
@@ -632,7 +632,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             opts["fields"] = tuple(args.field)
         if not args.quotes:
             opts["quotes"] = False
-    seq2seq = run._is_seq2seq()
+    seq2seq = run.is_seq2seq
     if seq2seq and run.corpus.parallel and args.corpus and len(args.corpus) != 2:
         raise GenrnnError("this run trained on parallel files: give two, the source side then the target side")
     beam = (args.beam or 1) if seq2seq else args.beam
@@ -685,7 +685,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise GenrnnError(f"cannot read --text {args.text}: {e}") from None
     else:
         text = args.prompt
-    if run._is_seq2seq():
+    if run.is_seq2seq:
         data = analyse_translations(run, text.splitlines())
     else:
         data = analyse(run, text, at=args.at, length=args.length, seed=args.seed)

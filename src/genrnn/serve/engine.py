@@ -444,22 +444,16 @@ class Engine:
         already running (or whose start or prefill fails, e.g. a condition
         for a model that takes none) ends with an error; the others go on.
         """
-        kinds: Dict[bool, List[_Row]] = {}
-        for row in rows:
-            kinds.setdefault(row.condition is not None, []).append(row)
-        for conditioned, group in kinds.items():
+        for conditioned, group in _by_kind(rows).items():
             if slot.rows and conditioned != slot.conditioned:
                 have = "with" if slot.conditioned else "without"
                 self._fail_rows(group, "rows with and without a condition cannot share a model: this model is "
                                        f"generating rows {have} one", outbox)
                 continue
             try:
-                logits, state = self._prefill(slot, group, conditioned)
+                logits, state = self._prefill(slot, group)
             except Exception as e:
-                if not isinstance(e, GenrnnError):
-                    log.exception("prefill failed on model %s", slot.name)
-                message = str(e) if isinstance(e, GenrnnError) else f"generation failed: {type(e).__name__}: {e}"
-                self._fail_rows(group, message, outbox)
+                self._fail_group(slot, group, "prefill", "generation", e, outbox)
                 continue
             if slot.rows:
                 slot.logits = torch.cat([slot.logits, logits])
@@ -480,17 +474,13 @@ class Engine:
         for row in rows:
             p = row.params
             groups.setdefault((p.beam, p.max_tokens, p.length_penalty, row.condition is not None), []).append(row)
-        for (beam, max_tokens, penalty, conditioned), group in groups.items():
+        for (beam, max_tokens, penalty, _), group in groups.items():
             try:
-                condition = states.stack_conditions([r.condition for r in group]) if conditioned else None
                 found = beam_search(slot.model, [r.ids for r in group], beam=beam, max_new_tokens=max_tokens,
                                     length_penalty=penalty, device=slot.device, autocast=slot.autocast(),
-                                    condition=None if condition is None else condition.to(slot.device))
+                                    condition=_conditions(slot, group))
             except Exception as e:
-                if not isinstance(e, GenrnnError):
-                    log.exception("beam search failed on model %s", slot.name)
-                message = str(e) if isinstance(e, GenrnnError) else f"generation failed: {type(e).__name__}: {e}"
-                self._fail_rows(group, message, outbox)
+                self._fail_group(slot, group, "beam search", "generation", e, outbox)
                 continue
             self.steps += 1
             for row, hyps in zip(group, found):
@@ -506,23 +496,16 @@ class Engine:
         ``TrainedModel.score``) over each kind's prompts, right-padded (the
         padding after a prompt does not change what comes before it). A row
         whose scoring fails ends with an error; the others go on."""
-        kinds: Dict[bool, List[_Row]] = {}
-        for row in rows:
-            kinds.setdefault(row.condition is not None, []).append(row)
-        for conditioned, group in kinds.items():
+        for group in _by_kind(rows).values():
             try:
-                scores = self._score_prompts(slot, group, conditioned)
+                scores = self._score_prompts(slot, group)
             except Exception as e:
-                if not isinstance(e, GenrnnError):
-                    log.exception("scoring prompts failed on model %s", slot.name)
-                message = str(e) if isinstance(e, GenrnnError) else f"scoring failed: {type(e).__name__}: {e}"
-                self._fail_rows(group, message, outbox)
+                self._fail_group(slot, group, "scoring prompts", "scoring", e, outbox)
                 continue
             for row, prompt in zip(group, scores):
                 outbox.append((row, Update(row.index, prompt=prompt)))
 
-    def _score_prompts(self, slot: _Slot, rows: List[_Row],
-                       conditioned: bool) -> List[List[Tuple[float, Dict[str, float]]]]:
+    def _score_prompts(self, slot: _Slot, rows: List[_Row]) -> List[List[Tuple[float, Dict[str, float]]]]:
         idx, lengths = padded_prompts([r.ids for r in rows])
         out: List[List[Tuple[float, Dict[str, float]]]] = [[] for _ in rows]
         positions = idx.shape[1] - 1  # position t predicts token t + 1
@@ -530,7 +513,7 @@ class Engine:
             return out
         lengths = lengths.tolist()
         idx = idx.to(slot.device)
-        condition = states.stack_conditions([r.condition for r in rows]).to(slot.device) if conditioned else None
+        condition = _conditions(slot, rows)
         chunk = max(1, SCORE_ELEMENTS // (len(rows) * max(1, slot.tokenizer.vocab_size)))
         token_str = slot.tokenizer.token_str
         with slot.autocast():
@@ -554,11 +537,10 @@ class Engine:
                         out[i].append((_finite(chosen[i][t]), top))
         return out
 
-    def _prefill(self, slot: _Slot, rows: List[_Row], conditioned: bool):
+    def _prefill(self, slot: _Slot, rows: List[_Row]):
         idx, lengths = padded_prompts([r.ids for r in rows])
-        condition = states.stack_conditions([r.condition for r in rows]).to(slot.device) if conditioned else None
         with slot.autocast():
-            start = states.start(slot.model, condition)
+            start = states.start(slot.model, _conditions(slot, rows))
             return slot.model.prefill(idx.to(slot.device), lengths, start)
 
     def _drop_rows(self, slot: _Slot, keep: List[int]) -> Optional[torch.Tensor]:
@@ -598,6 +580,16 @@ class Engine:
         self._release([row])
         if not row.ticket.cancelled and update is not None:
             outbox.append((row, update))
+
+    def _fail_group(self, slot: _Slot, rows: Sequence[_Row], doing: str, what: str, e: Exception,
+                    outbox: List[Tuple[_Row, Update]]) -> None:
+        """End ``rows`` with the error ``e`` raised while ``doing`` something: a
+        user's error (GenrnnError) as it is, anything else logged, as "``what``
+        failed: ...". The other rows go on."""
+        if not isinstance(e, GenrnnError):
+            log.exception("%s failed on model %s", doing, slot.name)
+        message = str(e) if isinstance(e, GenrnnError) else f"{what} failed: {type(e).__name__}: {e}"
+        self._fail_rows(rows, message, outbox)
 
     def _fail_rows(self, rows: Sequence[_Row], message: str, outbox: List[Tuple[_Row, Update]]) -> None:
         for row in rows:
@@ -667,6 +659,22 @@ class Engine:
                 slot.reset()
         self._publish(outbox, urgent=True)
         self._flush(force=True)
+
+
+def _by_kind(rows: Sequence[_Row]) -> Dict[bool, List[_Row]]:
+    """Rows with a condition and rows without, apart (they are never batched together)."""
+    kinds: Dict[bool, List[_Row]] = {}
+    for row in rows:
+        kinds.setdefault(row.condition is not None, []).append(row)
+    return kinds
+
+
+def _conditions(slot: _Slot, rows: Sequence[_Row]) -> Optional[torch.Tensor]:
+    """The rows' conditions as one tensor on the model's device (zero-padded where their
+    sizes differ), or None for rows without (all or none of them have one)."""
+    if rows[0].condition is None:
+        return None
+    return states.stack_conditions([r.condition for r in rows]).to(slot.device)
 
 
 def _finite(x: float) -> float:
