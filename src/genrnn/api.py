@@ -335,10 +335,13 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
     """
     if task not in TASKS:
         raise GenrnnError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    # what the user chose; with none of the model, batch or lr options the trainer picks them (autoconfig)
+    explicit = None if config is not None else set(options)
     if preset is not None:
         if resume is not None:
             raise GenrnnError("a resumed run keeps its own settings; leave out the preset")
         options = {**load_preset(preset), **options}
+        explicit = None  # a preset is a complete choice
     if isinstance(options.get("time"), str):
         options["time"] = parse_duration(options["time"])
     if resume is not None:
@@ -391,7 +394,8 @@ def train(corpus: Sources = None, *, out: Union[str, Path, None] = None, val: So
                           condition_names=None if condition_names is None else str(condition_names),
                           parallel=parallel, quotes=quotes)
         run_dir = Path(out) if out is not None else default_run_dir(spec)
-        trainer = Trainer(run_config, spec, run_dir, callbacks=callbacks, progress_download=progress_download)
+        trainer = Trainer(run_config, spec, run_dir, callbacks=callbacks, progress_download=progress_download,
+                          explicit=explicit)
     result = trainer.run()
     trained = TrainedModel(result.run_dir, trainer.config.train.device)
     trained.result = result

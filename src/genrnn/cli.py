@@ -118,10 +118,13 @@ def _train_parser(sub) -> argparse.ArgumentParser:
 
     m = p.add_argument_group("model")
     m.add_argument("--model", dest="type", choices=list(MODELS), default=S,
-                   help="rnn: a recurrent network (default); markov: an n-gram baseline (interpolated modified "
-                        "Kneser-Ney), fitted in one pass over the text")
+                   help="rnn: a recurrent network; markov: an n-gram baseline (interpolated modified "
+                        "Kneser-Ney), fitted in one pass over the text; mixture: the RNN interpolated with a "
+                        "--order n-gram, the weight fitted on validation data (default: chosen for the device, "
+                        "budget and corpus, a mixture, when no model, batch or lr option is given; else rnn)")
     m.add_argument("--order", type=int, default=S,
-                   help="markov: n-gram order; each token is predicted from the order-1 before it (default: 5)")
+                   help="markov and mixture: n-gram order; each token is predicted from the order-1 before it "
+                        "(default: 5)")
     m.add_argument("--cell", choices=CELLS, default=S, help="recurrent cell (default: lstm)")
     m.add_argument("--layers", dest="num_layers", type=int, default=S, help="recurrent layers (default: 2)")
     m.add_argument("--hidden-size", type=int, default=S, help="recurrent width (default: 256)")
@@ -151,6 +154,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=PRECISIONS, default=S,
                    help="auto = fp32 (TF32 on CUDA); bf16 or fp16 turn on autocast")
     t.add_argument("--threads", type=int, default=S, help="CPU threads (default: PyTorch's choice)")
+    t.add_argument("--baseline", type=int, default=S, metavar="ORDER",
+                   help="order of the Kneser-Ney baseline fitted beside a --model rnn run and reported with its "
+                        "validation loss; 0 = none (default: 5; a mixture's baseline is its own n-gram)")
     t.add_argument("--plot", action="store_true", default=S,
                    help="draw the loss chart into the run folder (loss.png) at each validation, to watch it; "
                         "needs pip install 'genrnn[plot]'")
@@ -345,6 +351,7 @@ class _TrainReporter:
         self.bar = None
         self.by_time = False
         self.val: Optional[float] = None
+        self.baseline: Optional[Dict[str, Any]] = None
         self.last: Dict[str, Any] = {}
 
     def _print(self, text: str) -> None:
@@ -363,6 +370,8 @@ class _TrainReporter:
             return
         cfg = info["config"]
         m, d = cfg["model"], cfg["data"]
+        if info.get("auto"):
+            self._print(f"genrnn: {info['auto']}")
         stop = []
         if info["total_steps"]:
             stop.append(f"{info['total_steps']} steps")
@@ -381,9 +390,10 @@ class _TrainReporter:
                 feed = ", ".join(["bidirectional encoder"] * m["bidirectional"] + ["attention"] * m["attention"] +
                                  [feed])
             condition = f"genrnn: conditioned on {info['condition']} ({feed})\n"
+        mixed = f", mixed with a {m['order']}-gram" if m["type"] == "mixture" else ""
         self._print(
             f"genrnn: {m['num_layers']}x{m['hidden_size']} {m['cell'].upper()} "
-            f"({'one-hot' if m['embedding_size'] == 0 else 'embedding ' + str(m['embedding_size'])}), "
+            f"({'one-hot' if m['embedding_size'] == 0 else 'embedding ' + str(m['embedding_size'])}{mixed}), "
             f"{info['parameters']:,} parameters, {d['tokenizer']} vocab {info['vocab_size']}\n" + condition +
             f"genrnn: {info['train_tokens']:,} training tokens, {info['val_tokens']:,} validation tokens, "
             f"batch {info['batch_size']} x {d['seq_len']}, {info['steps_per_epoch']} steps/epoch, lr {info['lr']:.2g}\n"
@@ -403,10 +413,19 @@ class _TrainReporter:
                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
                             if not self.by_time else "{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
 
+    def on_baseline(self, b: Dict[str, Any]) -> None:
+        self.baseline = b
+        if not self.quiet:
+            self._print(f"genrnn: baseline: {b['order']}-gram Kneser-Ney on the same split, fitted in {b['fit_s']:.1f}s: "
+                        f"validation loss {b['val_loss']:.4f} ({b['val_bpc']:.3f} bits/char)")
+
     def on_log(self, m: Dict[str, Any]) -> None:
         self.last = m
         if self.bar is not None:
-            post = f"loss {m['loss']:.3f}" + (f", val {self.val:.3f}" if self.val is not None else "") + \
+            val = "" if self.val is None else f", val {self.val:.3f}"
+            if self.val is not None and self.baseline is not None:
+                val += f" ({self.baseline['order']}-gram {self.baseline['val_loss']:.3f})"
+            post = f"loss {m['loss']:.3f}" + val + \
                    f", {m['tokens_per_s']:,.0f} tok/s, step {m['step']}"
             self.bar.set_postfix_str(post, refresh=False)
             if self.by_time:
@@ -420,7 +439,12 @@ class _TrainReporter:
     def on_eval(self, m: Dict[str, Any]) -> None:
         self.val = m["val_loss"]
         if not self.quiet and self.bar is None:
-            self._print(f"step {m['step']}: val loss {m['val_loss']:.4f} ({m['val_bpc']:.3f} bits/char)"
+            parts = ""
+            if "val_rnn_loss" in m:
+                parts = f" (RNN {m['val_rnn_loss']:.4f}, n-gram {m['val_baseline_loss']:.4f}, weight {m['mix_weight']:.2f})"
+            elif self.baseline is not None:
+                parts = f" ({self.baseline['order']}-gram {self.baseline['val_loss']:.4f})"
+            self._print(f"step {m['step']}: val loss {m['val_loss']:.4f} ({m['val_bpc']:.3f} bits/char){parts}"
                         + (" *" if m.get("best") else ""))
 
     def on_sample(self, step: int, text: str) -> None:
@@ -447,6 +471,7 @@ class _TrainReporter:
             b = result.best_val
             lines.append(f"genrnn: best validation loss {b['loss']:.4f} nats/token, perplexity {b['perplexity']:.2f}, "
                          f"{b['bits_per_char']:.3f} bits/char (step {b['step']})")
+            lines += _baseline_verdict(b, self.baseline)
         condition = self.info["config"]["model"]["condition"]
         if condition == "image":
             lines.append(f"genrnn: caption with: genrnn caption {result.run_dir} IMAGE...")
@@ -460,6 +485,21 @@ class _TrainReporter:
         else:
             lines.append(f"genrnn: sample with: genrnn sample {result.run_dir} --prompt 'Hello'")
         print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def _baseline_verdict(best: Dict[str, Any], baseline: Optional[Dict[str, Any]]) -> list:
+    """Whether the RNN beats the Kneser-Ney baseline on validation (and what the mixture adds)."""
+    if baseline is None or "baseline_loss" not in best:
+        return []
+    order, kn = baseline["order"], best["baseline_loss"]
+    rnn = best.get("rnn_loss", best["loss"])
+    verdict = "beats" if rnn < kn else "does not beat"
+    out = [f"genrnn: the RNN ({rnn:.4f}) {verdict} the {order}-gram Kneser-Ney baseline ({kn:.4f}): "
+           f"{abs(kn - rnn):.4f} nats/token {'below' if rnn < kn else 'above'} it"]
+    if "mix_weight" in best:
+        out.append(f"genrnn: the model is their mixture (RNN weight {best['mix_weight']:.2f}): {best['loss']:.4f}, "
+                   f"{min(rnn, kn) - best['loss']:.4f} below the better of the two")
+    return out
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ class ModelConfig:
     num_layers: int = 2
     dropout: float = 0.0
     tie_weights: bool = False
-    order: int = 5  # type "markov" only: n-gram order (the context is order-1 tokens)
+    order: int = 5  # types "markov" and "mixture": n-gram order (the context is order-1 tokens)
     # What the text is generated from (one-to-many): nothing, a label, a vector or an image.
     # condition_size: the number of labels, the vector's width, or the image's side in pixels.
     condition: str = "none"
@@ -64,8 +64,8 @@ class ModelConfig:
         _positive("order", self.order)
         _choice("condition", self.condition, CONDITIONS)
         if self.condition != "none":
-            if self.type == "markov":
-                raise GenrnnError("the markov model cannot be conditioned; use --model rnn")
+            if self.type in ("markov", "mixture"):
+                raise GenrnnError(f"the {self.type} model cannot be conditioned; use --model rnn")
             _positive("condition_size", self.condition_size)
             _positive("condition_dim", self.condition_dim)
         if (self.attention or self.bidirectional) and self.condition not in ("text", "none"):  # none: not yet known
@@ -147,6 +147,9 @@ class TrainConfig:
     threads: Optional[int] = None
     deterministic: bool = False  # bitwise-reproducible CUDA runs, at some speed
     plot: bool = False  # draw the loss chart into the run folder (loss.png) at each validation
+    # order of the Kneser-Ney baseline fitted beside a plain RNN language model and reported with its
+    # validation loss (0: none); a mixture's baseline is its own n-gram part (ModelConfig.order)
+    baseline: int = 5
 
     def validate(self) -> None:
         _choice("device", self.device, DEVICES)
@@ -157,6 +160,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (0 <= value < math.inf):
                 raise GenrnnError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if not isinstance(self.baseline, int) or isinstance(self.baseline, bool) or self.baseline < 0:
+            raise GenrnnError(f"--baseline is an n-gram order >= 0 (0: none), got {self.baseline!r}")
         for name in ("save_every", "threads"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))

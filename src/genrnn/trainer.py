@@ -34,12 +34,13 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from . import distributed
 from .conditions import read_names, read_vectors
-from .config import RunConfig, auto_lr
+from . import autoconfig
+from .config import RunConfig, auto_lr, override
 from .corpora import CORPORA, corpus_splits, load_corpus, load_parallel
 from .data import IGNORE, Dataset, build_dataset
 from .errors import GenrnnError
-from .evaluate import evaluate
-from .models import build_model, is_fitted
+from .evaluate import evaluate, summarize
+from .models import MarkovLM, build_model, is_fitted
 from .runtime import Runtime, make_runtime
 from .sampling import SampleConfig, complete
 from .state import batch_size as state_rows
@@ -47,7 +48,8 @@ from .state import cat_rows, detach_state, from_saved, map_state, select_conditi
 
 # options that may change when a run is resumed (they do not change what was learnt)
 RESUMABLE = {"max_steps", "epochs", "time", "eval_every", "eval_tokens", "log_every", "save_every",
-             "sample_every", "sample_prompt", "sample_length", "sample_temperature", "device", "threads", "plot"}
+             "sample_every", "sample_prompt", "sample_length", "sample_temperature", "device", "threads", "plot",
+             "baseline"}
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,7 @@ class Callbacks:
     def on_eval(self, metrics: Dict[str, Any]) -> None: ...
     def on_sample(self, step: int, text: str) -> None: ...
     def on_save(self, step: int, path: Path) -> None: ...
+    def on_baseline(self, info: Dict[str, Any]) -> None: ...
     def on_end(self, result: "TrainResult") -> None: ...
 
 
@@ -239,7 +242,11 @@ def default_run_dir(spec: CorpusSpec) -> Path:
 
 class Trainer:
     def __init__(self, config: RunConfig, spec: CorpusSpec, run_dir: Path, *, resume: bool = False,
-                 callbacks: Optional[Callbacks] = None, progress_download: bool = False):
+                 callbacks: Optional[Callbacks] = None, progress_download: bool = False,
+                 explicit: Optional[Sequence[str]] = None):
+        """``explicit``: the options the user gave (a preset's included); a new
+        run that gives none of ``autoconfig.CHOSEN`` gets them chosen for its
+        device, budget and corpus. None: take ``config`` as it is."""
         # under torchrun, one process per rank: only rank 0 reports and writes
         self.dist = distributed.from_env()
         self.callbacks = callbacks if callbacks is not None and self.dist.is_main else Callbacks()
@@ -258,6 +265,10 @@ class Trainer:
             require()  # before any training: a missing matplotlib is a one-line error now, not at step 200
         spec.validate()
         train_docs, val_docs = load_documents(spec, progress_download and self.dist.is_main)
+        self.auto = None
+        if explicit is not None and not resume and spec.condition is None and config.model.type == "rnn" \
+                and not set(explicit) & set(autoconfig.CHOSEN):
+            config = self._choose(config, explicit, train_docs)
         tokenizer = condition = None
         if resume:
             _, tokenizer, _ = ckpt.read_config(self.run_dir)
@@ -289,6 +300,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.needs_scaler else None
         self.progress = Progress()
         self.state = None  # recurrent state carried between windows
+        self.baseline: Optional[Dict[str, Any]] = None  # the n-gram baseline's figures (_fit_baseline)
         self.fingerprint = corpus_fingerprint(self.data)
         if resume:
             self._restore()
@@ -307,6 +319,21 @@ class Trainer:
             raise GenrnnError(f"{self.run_dir} already reached its stopping rule (step {self.progress.step}, "
                               f"{self.progress.elapsed:.0f}s); give a larger --max-steps, --epochs or --time "
                               "to train on")
+
+    def _choose(self, config: RunConfig, explicit: Sequence[str], train_docs) -> RunConfig:
+        t = config.train
+        facts = autoconfig.device_facts(self.runtime.device)
+        chars = sum(len(d.text) for d in train_docs)
+        steps = t.max_steps
+        if t.epochs and not t.max_steps:  # in the 32x64 steps the estimate counts in
+            steps = int(t.epochs * chars / (32 * 64) / (5 if config.data.tokenizer != "char" else 1)) + 1
+        budget = t.time if (t.time or steps) else DEFAULT_TIME
+        choice = autoconfig.choose(facts, budget, chars, config.data.tokenizer, config.data.layout, steps)
+        options = {k: v for k, v in choice.options.items() if k not in explicit}
+        self.auto = {"reason": choice.reason, "options": options}
+        if options.get("precision") == "bf16":
+            self.runtime = replace(self.runtime, dtype=torch.bfloat16)
+        return override(config, **options)
 
     # -- run folder ------------------------------------------------------------
 
@@ -415,9 +442,22 @@ class Trainer:
         return bool(t.time) and self.progress.elapsed >= t.time
 
     def evaluate(self, max_tokens: Optional[int]) -> Optional[Dict[str, float]]:
-        if self.data.val is None:
+        """Validation figures; a model with parameters fitted on validation data
+        (the mixture's weight) fits them first and adds its parts' losses."""
+        val = self.data.val
+        if val is None:
             return None
-        return evaluate(self.model, self.data.val, self.runtime, max_tokens, dist=self.dist)
+        calibrate = getattr(self.model, "calibrate", None)
+        if calibrate is None:
+            metrics = evaluate(self.model, val, self.runtime, max_tokens, dist=self.dist)
+            if getattr(self, "baseline", None):
+                metrics["baseline_loss"] = self.baseline["val_loss"]
+            return metrics
+        parts = calibrate(val, self.runtime, max_tokens)
+        n = parts["tokens"]
+        metrics = summarize(parts["loss"] * n, n, val.num_chars * n / max(1, val.num_targets))
+        metrics.update(rnn_loss=parts["rnn_loss"], baseline_loss=parts["baseline_loss"], mix_weight=parts["weight"])
+        return metrics
 
     def _eval_and_keep_best(self) -> None:
         p = self.progress
@@ -426,6 +466,9 @@ class Trainer:
             return
         record = {"step": p.step, "time": round(p.elapsed, 3), "val_loss": metrics["loss"],
                   "val_ppl": metrics["perplexity"], "val_bpc": metrics["bits_per_char"]}
+        for key in ("rnn_loss", "baseline_loss", "mix_weight"):
+            if key in metrics:
+                record[key if key == "mix_weight" else "val_" + key] = metrics[key]
         if p.best_val is None or metrics["loss"] < p.best_val["loss"]:
             p.best_val = dict(metrics, step=p.step)
             if self.dist.is_main:
@@ -466,6 +509,38 @@ class Trainer:
             return [spec.source.decode(row.tolist()) for row in table[:n]], table[:n]
         return [f"{spec.kind} {i}" for i in range(n)], table[:n]
 
+    def _train_tokens(self):
+        train = self.data.train
+        return train.tokens if hasattr(train, "tokens") else train.records
+
+    def _fit_baseline(self) -> None:
+        """The Kneser-Ney baseline beside a language model's training, on the
+        same split: the mixture's own n-gram part (fitted here on a new run;
+        a resumed one has it from resume.pt), or for a plain RNN a separate
+        n-gram model of order ``--baseline``. Its validation loss is reported
+        once here and with every evaluation. Conditioned runs have none."""
+        self.baseline = None
+        cfg = self.config
+        if cfg.model.condition != "none" or self.data.val is None:
+            return
+        begin = time.perf_counter()
+        if callable(getattr(self.model, "fit", None)):  # the mixture: its n-gram part is the baseline
+            if self.progress.step == 0:
+                self.model.fit(self._train_tokens())
+            ngram, order = self.model.ngram, cfg.model.order
+        elif cfg.train.baseline:
+            order = cfg.train.baseline
+            ngram = MarkovLM(replace(cfg.model, type="markov", order=order)).to(self.runtime.device)
+            ngram.fit(self._train_tokens())
+        else:
+            return
+        fit_s = time.perf_counter() - begin
+        metrics = evaluate(ngram, self.data.val, self.runtime, cfg.train.eval_tokens)
+        self.baseline = {"order": order, "val_loss": metrics["loss"], "val_bpc": metrics["bits_per_char"],
+                         "val_ppl": metrics["perplexity"], "fit_s": round(fit_s, 3)}
+        self._metrics({"step": self.progress.step, "baseline": self.baseline})
+        self.callbacks.on_baseline(self.baseline)
+
     def _fit(self) -> TrainResult:
         """A fitted model (the Markov baseline) counts its statistics in one
         pass over the training tokens instead of running gradient descent; one
@@ -473,7 +548,7 @@ class Trainer:
         or progress to continue from."""
         t, p, train = self.config.train, self.progress, self.data.train
         start = time.perf_counter()
-        self.model.fit(train.tokens if hasattr(train, "tokens") else train.records)
+        self.model.fit(self._train_tokens())
         p.step, p.tokens, p.elapsed = 1, self.data.train_targets, time.perf_counter() - start
         self._metrics({"step": p.step, "time": round(p.elapsed, 3), "tokens": p.tokens,
                        "tokens_per_s": p.tokens / max(1e-9, p.elapsed)})
@@ -505,9 +580,13 @@ class Trainer:
             "condition": data.condition.describe() if data.condition else None,
             "labels": data.condition.label_names() if data.condition and data.condition.kind == "label" else [],
             "processes": self.dist.world_size, "skipped_pairs": data.skipped,
+            "auto": self.auto["reason"] if self.auto else None,
         })
+        if self.auto and p.step == 0:
+            self._metrics({"step": 0, "auto": self.auto})
         if self.fitted:
             return self._fit()
+        self._fit_baseline()
         save_every = t.save_every or t.eval_every
         interrupted = False
         self.model.train()

@@ -25,8 +25,16 @@ inside. Models are built by name from :data:`MODELS` (the ``type`` field of
 ModelConfig). Every tensor of a state has the batch in dimension 1 -- the
 RNN's (layers, B, H), a fed condition's (1, B, C), the Markov model's
 (1, B, order - 1) -- so :mod:`genrnn.state` can select, join and shard rows of
-any model's state. A model with ``fit`` and no trainable parameters
-(:func:`is_fitted`) is fitted in one pass instead of trained.
+any model's state.
+
+Two optional hooks let a model hold parts that are fitted rather than
+trained. ``fit(token_arrays)`` is called on the training tokens before the
+first step: a model with it and no trainable parameters (:func:`is_fitted`,
+the Markov baseline) is fitted in one pass instead of trained; the mixture
+fits its n-gram part so. ``calibrate(eval_set, runtime, max_tokens)`` fits
+parameters on validation data (the mixture's weight) and returns the
+validation figures; the trainer calls it instead of ``evaluate`` at every
+evaluation.
 """
 
 from __future__ import annotations
@@ -40,9 +48,10 @@ from ..errors import GenrnnError
 from ..state import State, detach_state, map_state
 from .encoders import ENCODERS
 from .markov import MarkovLM
+from .mixture import MixtureLM
 from .rnn import RNNLM
 
-MODELS: Dict[str, Callable[[ModelConfig], nn.Module]] = {"rnn": RNNLM, "markov": MarkovLM}
+MODELS: Dict[str, Callable[[ModelConfig], nn.Module]] = {"rnn": RNNLM, "markov": MarkovLM, "mixture": MixtureLM}
 
 
 def is_fitted(model: nn.Module) -> bool:
@@ -63,5 +72,5 @@ def build_model(config: ModelConfig) -> nn.Module:
     return factory(config)
 
 
-__all__ = ["ENCODERS", "MODELS", "MarkovLM", "RNNLM", "State", "build_model", "detach_state", "is_fitted",
+__all__ = ["ENCODERS", "MODELS", "MarkovLM", "MixtureLM", "RNNLM", "State", "build_model", "detach_state", "is_fitted",
            "map_state"]

@@ -199,6 +199,13 @@ class MarkovLM(nn.Module):
         hist = hist[:, hist.shape[1] - (self.order - 1) :]
         return self._log_probs(hist), hist[None]
 
+    def advance(self, idx: torch.Tensor, state: Optional[torch.Tensor]) -> torch.Tensor:
+        """The history after reading ``idx`` (B, T), without predicting (the
+        mixture's n-gram part follows the text this way while its RNN trains)."""
+        K = self.order - 1
+        ext = torch.cat([self._history(state, idx.shape[0], idx.device), idx], dim=1)
+        return ext[:, ext.shape[1] - K :][None]
+
     def _history(self, state: Optional[torch.Tensor], B: int, device: torch.device) -> torch.Tensor:
         K = self.order - 1
         if state is None:
