@@ -108,6 +108,43 @@ def kn_orders(name: str, spec: Dict[str, Any], out: Path, orders) -> List[Dict[s
     return rows
 
 
+def crossfit(run_dir: Path) -> Dict[str, Any]:
+    """How much fitting the mixture's weight on the validation tokens flatters
+    its validation loss: fit it on one half and score the other, both ways
+    (two-fold), against fitting on all of it."""
+    import math
+
+    import torch
+
+    from genrnn.data import make_eval_set, split_documents
+    from genrnn.trainer import load_documents
+    from genrnn.evaluate import target_logprobs
+    from genrnn.models.mixture import fit_weight
+
+    run = genrnn.load(run_dir, device="cpu")
+    cfg = run.config.data
+    split = split_documents(*load_documents(run.corpus), cfg, vectors=None)
+    eval_set = make_eval_set(run.tokenizer, split.val, cfg, split.val_conditions, run.condition)
+    a = target_logprobs(run.model.rnn, eval_set, run.runtime)
+    b = target_logprobs(run.model.ngram, eval_set, run.runtime)
+    n = a.numel() // 2
+
+    def score(w: float, x: torch.Tensor, y: torch.Tensor) -> float:
+        if w >= 1:
+            return float(-x.double().mean())
+        if w <= 0:
+            return float(-y.double().mean())
+        return float(-torch.logaddexp(x.double() + math.log(w), y.double() + math.log1p(-w)).mean())
+
+    w_all, in_sample = fit_weight(a, b)
+    w1, _ = fit_weight(a[:n], b[:n])
+    w2, _ = fit_weight(a[n:], b[n:])
+    held_out = (score(w1, a[n:], b[n:]) * (a.numel() - n) + score(w2, a[:n], b[:n]) * n) / a.numel()
+    return {"run": str(run_dir), "tokens": int(a.numel()), "weight": w_all, "weights_halves": [w1, w2],
+            "in_sample": in_sample, "two_fold": held_out, "rnn": float(-a.double().mean()),
+            "ngram": float(-b.double().mean())}
+
+
 def table(path: Path) -> str:
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     kn: Dict[str, Dict[int, float]] = {}
@@ -146,9 +183,14 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default="bench-runs/out_of_box.jsonl")
     ap.add_argument("--out", default="bench-runs/out_of_box")
     ap.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and stop")
+    ap.add_argument("--crossfit", metavar="RUN", nargs="+", help="two-fold check of mixture runs' weights, and stop")
     args = ap.parse_args(argv)
     if args.table:
         print(table(Path(args.table)))
+        return 0
+    if args.crossfit:
+        for run_dir in args.crossfit:
+            print(json.dumps(crossfit(Path(run_dir))), flush=True)
         return 0
     from genrnn.config import parse_duration
 

@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 CELLS = ("lstm", "gru", "rnn")
 CONDITIONS = ("none", "label", "vector", "image", "text")
 LAYOUTS = ("stream", "lines")
-TOKENIZER_KINDS = ("char", "word", "whitespace")
+TOKENIZER_KINDS = ("char", "word", "whitespace", "bpe")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

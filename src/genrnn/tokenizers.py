@@ -462,10 +462,154 @@ class WhitespaceTokenizer(_PatternTokenizer):
         return _SpaceStreamDecoder(self._vocab)
 
 
+def _byte_alphabet() -> list[str]:
+    """The byte-level BPE alphabet (GPT-2's convention, which Hugging Face's
+    ``ByteLevel`` uses): a printable byte stands for itself; each of the other
+    bytes, in increasing order, for the code points from 256 up."""
+    keep = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    out, extra = [], 0
+    for b in range(256):
+        if b in keep:
+            out.append(chr(b))
+        else:
+            out.append(chr(256 + extra))
+            extra += 1
+    return out
+
+
+class _ByteDecoder(StreamDecoder):
+    """Byte-level pieces to text: the bytes of each token go through one
+    incremental UTF-8 decoder, so a character split over two tokens comes out
+    whole with the second, and invalid bytes become U+FFFD."""
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        import codecs
+
+        self._pieces = pieces
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return self._utf8.decode(self._pieces[_check_id(token_id, len(self._pieces))])
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level byte-pair encoding, trained and run by Hugging Face's
+    ``tokenizers`` (``pip install 'genrnn[bpe]'``). Every text encodes: the
+    256 bytes are in the vocabulary, so nothing is ever ``<unk>``. genrnn's
+    three special ids come first and the library's ids follow, so text that
+    spells ``<eos>`` is ordinary text. The library's own JSON (the one its
+    ``Tokenizer.from_str`` reads) is kept in ``to_dict()["hf"]``, so
+    config.json holds it and nothing is pickled."""
+
+    kind = "bpe"
+    DEFAULT_SIZE = 1024
+
+    def __init__(self, hf: Any, *, lower: bool = False) -> None:
+        self.lower = lower
+        self._hf = hf
+        size = hf.get_vocab_size()
+        table = {c: b for b, c in enumerate(_byte_alphabet())}
+        pieces: list[bytes] = [b"", "\ufffd".encode(), b""]
+        for i in range(size):
+            token = hf.id_to_token(i)
+            if token is None or any(c not in table for c in token):
+                raise _corrupt(f"BPE token {i} ({token!r}) is not made of byte-level symbols")
+            pieces.append(bytes(table[c] for c in token))
+        self._pieces = pieces
+        self._strs = list(SPECIALS) + [p.decode("utf-8", "replace") for p in pieces[len(SPECIALS):]]
+
+    @staticmethod
+    def _library():
+        try:
+            import tokenizers
+        except ImportError:
+            raise GenrnnError("--tokenizer bpe needs Hugging Face tokenizers: pip install 'genrnn[bpe]'") from None
+        return tokenizers
+
+    @classmethod
+    def build(cls, texts: Iterable[str], *, lower: bool = False, vocab_size: int | None = None) -> BPETokenizer:
+        lib = cls._library()
+        texts = [t.lower() if lower else t for t in texts]
+        if not any(texts):
+            raise GenrnnError("cannot build a BPE vocabulary: the training text is empty")
+        size = (vocab_size or cls.DEFAULT_SIZE) - len(SPECIALS)
+        if size < 256:
+            raise GenrnnError(f"--tokenizer bpe needs --vocab-size of at least {256 + len(SPECIALS)} "
+                              "(the 256 bytes and the special tokens)")
+        hf = lib.Tokenizer(lib.models.BPE())
+        hf.pre_tokenizer = lib.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = lib.decoders.ByteLevel()
+        trainer = lib.trainers.BpeTrainer(vocab_size=size, show_progress=False,
+                                          initial_alphabet=lib.pre_tokenizers.ByteLevel.alphabet())
+        hf.train_from_iterator(_lines(texts), trainer=trainer)
+        return cls(hf, lower=lower)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._pieces)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        if self.lower:
+            text = text.lower()
+        if not text:
+            return np.zeros(0, dtype=np.int64)
+        # lone surrogates (a file read with errors="surrogateescape") cannot cross into Rust
+        text = text.encode("utf-8", "replace").decode("utf-8")
+        ids = self._hf.encode(text, add_special_tokens=False).ids
+        return np.asarray(ids, dtype=np.int64) + len(SPECIALS)
+
+    def decoder(self) -> StreamDecoder:
+        return _ByteDecoder(self._pieces)
+
+    def token_str(self, i: int) -> str:
+        return self._strs[_check_id(i, len(self._strs))]
+
+    def to_dict(self) -> dict[str, Any]:
+        import json
+
+        return {"kind": self.kind, "format": _FORMAT, "lower": self.lower, "hf": json.loads(self._hf.to_str())}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BPETokenizer:
+        import json
+
+        keys = {"kind", "format", "lower", "hf"}
+        if not isinstance(d, dict) or set(d) != keys:
+            raise _corrupt(f"a bpe tokenizer has the keys {', '.join(sorted(keys))}")
+        if isinstance(d["format"], bool) or d["format"] != _FORMAT:
+            raise _corrupt(f"format {d['format']!r} (this genrnn reads format {_FORMAT})")
+        if not isinstance(d["lower"], bool) or not isinstance(d["hf"], dict):
+            raise _corrupt("'lower' must be true or false and 'hf' a JSON object")
+        lib = cls._library()
+        try:
+            hf = lib.Tokenizer.from_str(json.dumps(d["hf"]))
+        except Exception as e:  # the library raises its own exception types for a bad file
+            raise _corrupt(f"Hugging Face tokenizers cannot read it: {e}") from None
+        return cls(hf, lower=d["lower"])
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size}, lower={self.lower})"
+
+
+def _lines(texts: Sequence[str], size: int = 1 << 16):
+    """Texts in pieces of about ``size`` characters cut after a line break, for training."""
+    for text in texts:
+        start = 0
+        while start < len(text):
+            end = text.find("\n", start + size)
+            end = len(text) if end < 0 else end + 1
+            yield text[start:end]
+            start = end
+
+
 TOKENIZERS: dict[str, type[Tokenizer]] = {
     "char": CharTokenizer,
     "word": WordTokenizer,
     "whitespace": WhitespaceTokenizer,
+    "bpe": BPETokenizer,
 }
 
 
