@@ -68,8 +68,8 @@ def read_condition(run_dir: Path) -> Optional[ConditionSpec]:
         entry = doc.get("condition")
         shared = isinstance(entry, dict) and entry.get("kind") == "text" and entry.get("shared") is True
         spec = ConditionSpec.from_dict(entry, tokenizer_from_dict(doc.get("tokenizer")) if shared else None)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-        raise GenrnnError(f"{path} is corrupt: {e}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError, TypeError) as e:
+        raise GenrnnError(f"{path} is corrupt: {e}") from None  # TypeError: e.g. "labels": 5
     except GenrnnError as e:
         raise GenrnnError(f"{path}: {e}") from None
     return spec
@@ -86,7 +86,7 @@ def read_config(run_dir: Path) -> Tuple[RunConfig, Tokenizer, Dict[str, Any]]:
         raise GenrnnError(f"{run_dir} is not a genrnn run folder: it has no {CONFIG}")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also a number of > 4300 digits
         raise GenrnnError(f"{path} is corrupt: {e}") from None
     if not isinstance(doc, dict) or "format_version" not in doc:
         raise GenrnnError(f"{path} is not a genrnn run configuration (no format_version)")

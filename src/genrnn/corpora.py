@@ -84,6 +84,7 @@ _BINARY_SNIFF_BYTES = 8192
 _DOWNLOAD_CHUNK = 1 << 16
 _TRUE_WORDS = ("1", "true", "yes", "on")
 _COLUMN_INDEX = re.compile(r"[0-9]+")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str, only a lone one: json.loads joins escaped pairs
 
 
 @dataclass(frozen=True)
@@ -579,13 +580,17 @@ class _Reader:
 
     def _jsonl_rows(self, path: Path, text: str, names: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
         """Yield (line number, chosen field values) for each JSON Lines object."""
-        for line, raw in enumerate(_strip_bom(text).splitlines(), start=1):
+        # Lines end at \n, \r\n or \r only: str.splitlines() would also split at U+2028, U+2029 and
+        # U+0085, which a JSON string may hold raw (json.dumps(..., ensure_ascii=False) writes them so).
+        for line, raw in enumerate(_normalize(text).split("\n"), start=1):
             if not raw.strip():
                 continue
             try:
                 obj = json.loads(raw)
             except json.JSONDecodeError as exc:
                 raise GenrnnError(f"{path}: line {line} is not valid JSON ({exc.msg}, column {exc.colno})") from None
+            except (ValueError, RecursionError) as exc:  # a number of over 4300 digits; nesting too deep to parse
+                raise GenrnnError(f"{path}: line {line} cannot be read as JSON ({exc})") from None
             if not isinstance(obj, dict):
                 raise GenrnnError(f"{path}: line {line} is a JSON {type(obj).__name__}, not an object with keys")
             if not self.fields:
@@ -605,7 +610,14 @@ class _Reader:
                         f"{path}: key {key!r} on line {line} holds a nested JSON {type(value).__name__}; "
                         "--field must name a key whose value is a string or a number"
                     )
-                values.append("" if value is None else str(value))  # null counts as an empty field
+                value = "" if value is None else str(value)  # null counts as an empty field
+                lone = _SURROGATE.search(value)  # "\ud800" is valid JSON but not text: UTF-8 cannot hold it
+                if lone and self.errors == "strict":
+                    raise GenrnnError(
+                        f"{path}: key {key!r} on line {line} holds a lone surrogate escape "
+                        f"(\\u{ord(lone.group()):04x}), which is not text; fix it, or pass --errors replace or ignore"
+                    )
+                values.append(_SURROGATE.sub("\ufffd" if self.errors == "replace" else "", value) if lone else value)
             yield line, values
 
 
