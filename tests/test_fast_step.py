@@ -49,13 +49,41 @@ def assert_same(a, b, atol=1e-5):
         torch.testing.assert_close(x, y, atol=atol, rtol=0)
 
 
+class FastCalls:
+    """Counts the calls of ``RNNLM._fast_step``, the fast path of ``step``
+    (``step`` falls back to the module silently, so comparing the two says
+    nothing unless the fast one is known to have run)."""
+
+    def __init__(self):
+        self.batches: list = []  # the batch size of each call
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def since(self, mark: int) -> int:
+        return len(self.batches) - mark
+
+
+@pytest.fixture
+def fast_calls(monkeypatch) -> FastCalls:
+    calls = FastCalls()
+    real = RNNLM._fast_step
+
+    def spy(self, w, idx, state):
+        calls.batches.append(idx.shape[0])
+        return real(self, w, idx, state)
+
+    monkeypatch.setattr(RNNLM, "_fast_step", spy)
+    return calls
+
+
 grid = pytest.mark.parametrize("cell,embedding_size,num_layers,dropout",
                                [(c, e, n, d) for c in CELLS for e in (0, 6) for n, d in SHAPES])
 
 
 @grid
 @pytest.mark.parametrize("rows", [[1], [0, 2], [0, 1, 2]])
-def test_fast_step_equals_the_module(cell, embedding_size, num_layers, dropout, rows):
+def test_fast_step_equals_the_module(cell, embedding_size, num_layers, dropout, rows, fast_calls):
     """Logits and state after each of several steps, from a prefilled state and
     from no state, equal the fused (or stacked) module's. Batches of 1 and 2
     multiply by contiguous copies of the weights, larger ones by the parameters."""
@@ -71,15 +99,17 @@ def test_fast_step_equals_the_module(cell, embedding_size, num_layers, dropout, 
             out_slow = model._module_step(nxt, slow)
             assert_same(out_fast, out_slow)
             fast, slow = out_fast[1], out_slow[1]
-        assert model._step_weights is not None  # the fast path did run
+        assert fast_calls.batches == [len(rows)] * 4  # the fast path ran at every step
+        assert model._step_weights is not None
         assert (model._step_weights._copies is not None) == (len(rows) <= 2)
         nxt = torch.tensor([3, 4, 5])[rows]
         assert_same(model.step(nxt, None), model._module_step(nxt, None))
+        assert len(fast_calls) == 5
 
 
 @grid
 @torch.no_grad()
-def test_fast_step_equals_forward_over_the_sequence(cell, embedding_size, num_layers, dropout):
+def test_fast_step_equals_forward_over_the_sequence(cell, embedding_size, num_layers, dropout, fast_calls):
     """Steps from a zero state reproduce ``forward`` over the whole sequence."""
     model = make(cell, embedding_size, num_layers, dropout)
     seq = torch.tensor([[3, 5, 7, 9, 2, 4], [1, 1, 6, 8, 10, 3]])
@@ -88,6 +118,7 @@ def test_fast_step_equals_forward_over_the_sequence(cell, embedding_size, num_la
     for t in range(seq.shape[1]):
         logits, state = model.step(seq[:, t], state)
         torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=0)
+    assert fast_calls.batches == [2] * seq.shape[1]  # every step took the fast path
     for x, y in zip(states(state), states(full_state)):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
 
@@ -115,7 +146,7 @@ def test_cell_update_matches_rnn_cells(nonlinearity):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_fast_step_under_bf16_autocast(cell):
+def test_fast_step_under_bf16_autocast(cell, fast_calls):
     """Under autocast the products run in bf16, as the module's do: the two
     agree within bf16 rounding and give the same dtypes."""
     model = make(cell, 6, 2)
@@ -123,12 +154,13 @@ def test_fast_step_under_bf16_autocast(cell):
         _, state = model.prefill(torch.tensor([[3, 4, 5, 6]] * 2), torch.tensor([4, 4]))
         fast = model.step(torch.tensor([7, 8]), state)
         slow = model._module_step(torch.tensor([7, 8]), state)
+    assert fast_calls.batches == [2]  # the fast path ran under autocast
     assert fast[0].dtype == slow[0].dtype
     assert [s.dtype for s in states(fast[1])] == [s.dtype for s in states(slow[1])]
     torch.testing.assert_close(fast[0].float(), slow[0].float(), atol=0.1, rtol=0.05)
 
 
-def test_tied_weights_and_large_vocabularies():
+def test_tied_weights_and_large_vocabularies(fast_calls):
     """Tied embedding/head; and a vocabulary too large to tabulate the first
     layer's input product (the embedding is looked up instead)."""
     torch.manual_seed(0)
@@ -137,6 +169,7 @@ def test_tied_weights_and_large_vocabularies():
     with torch.inference_mode():
         _, state = tied.prefill(torch.tensor([[3, 4, 5]]), torch.tensor([3]))
         assert_same(tied.step(torch.tensor([6]), state), tied._module_step(torch.tensor([6]), state))
+    assert len(fast_calls) == 1
     import genrnn.models.rnn as rnn
 
     model = make("lstm", 6, 2)
@@ -147,6 +180,7 @@ def test_tied_weights_and_large_vocabularies():
             _, state = model.prefill(torch.tensor([[3, 4, 5]]), torch.tensor([3]))
             assert_same(model.step(torch.tensor([6]), state), model._module_step(torch.tensor([6]), state))
             assert model._step_weights.table is None
+            assert len(fast_calls) == 2  # the fast path, with the embedding looked up
     finally:
         rnn._TABLE_MAX_ELEMENTS = old
 
@@ -167,9 +201,10 @@ def reference_logits(model: RNNLM) -> torch.Tensor:
         return model._module_step(torch.tensor([3, 4]), state)[0]
 
 
-def test_cache_follows_weight_changes():
+def test_cache_follows_weight_changes(fast_calls):
     model = make("lstm", 6, 2)
     first = step_logits(model)
+    assert len(fast_calls) == 2
     cached = model._step_weights
     assert step_logits(model) is not None and model._step_weights is cached  # unchanged weights: reused
     # an in-place change under no_grad
@@ -199,9 +234,10 @@ def test_cache_follows_weight_changes():
         model.rnn.bias_hh_l0.data.add_(1.0)
     model.clear_step_cache()
     torch.testing.assert_close(step_logits(model), reference_logits(model), atol=1e-5, rtol=0)
+    assert len(fast_calls) == 2 * 7  # each step_logits: two fast steps
 
 
-def test_module_runs_where_the_fast_path_does_not_apply():
+def test_module_runs_where_the_fast_path_does_not_apply(fast_calls):
     model = make("lstm", 6, 2, dropout=0.5)
     nxt = torch.tensor([3, 4])
     # with gradients: the module, so that gradients reach the parameters
@@ -220,6 +256,7 @@ def test_module_runs_where_the_fast_path_does_not_apply():
         out = frozen.step(nxt, None)
         assert frozen._step_weights is None
         assert_same(out, frozen._module_step(nxt, None))
+    assert len(fast_calls) == 0
 
 
 # -- generation ---------------------------------------------------------------------------
@@ -232,27 +269,32 @@ def module_stepping(model: RNNLM):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_greedy_generation_equals_the_plain_path(cell):
+def test_greedy_generation_equals_the_plain_path(cell, fast_calls):
     prompts = [[EOS_ID, 3, 4, 5], [EOS_ID], [EOS_ID, 9, 10]]
     config = SampleConfig(max_new_tokens=30, temperature=0.0)
     fast = torch.stack(list(generate_tokens(make(cell, 6, 2), prompts, config)))
+    assert fast_calls.batches == [3] * 29  # a step per token after the first (which prefill gives)
     plain = torch.stack(list(generate_tokens(module_stepping(make(cell, 6, 2)), prompts, config)))
+    assert len(fast_calls) == 29  # the plain path never took the fast one
     assert torch.equal(fast, plain)
     assert len(set(fast.flatten().tolist())) > 2
 
 
-def test_seeded_sampling_is_reproducible_and_follows_the_plain_path():
+def test_seeded_sampling_is_reproducible_and_follows_the_plain_path(fast_calls):
     """Same seed, same tokens, run after run; the fast step and the module
     give logits equal to rounding, so at a fixed seed they draw the same tokens."""
     prompts = [[EOS_ID, 3], [EOS_ID, 5, 6], [EOS_ID]]
     config = SampleConfig(max_new_tokens=40, temperature=1.0, seed=7)
     model = make("lstm", 6, 2)
     a = torch.stack(list(generate_tokens(model, prompts, config)))
+    assert fast_calls.batches == [3] * 39
     b = torch.stack(list(generate_tokens(model, prompts, config)))
     assert torch.equal(a, b)
     assert not torch.equal(a, torch.stack(list(generate_tokens(model, prompts, SampleConfig(
         max_new_tokens=40, temperature=1.0, seed=8)))))
+    mark = len(fast_calls)
     plain = torch.stack(list(generate_tokens(module_stepping(make("lstm", 6, 2)), prompts, config)))
+    assert fast_calls.since(mark) == 0
     assert torch.equal(a, plain)
     assert PAD_ID not in a.tolist()
 
@@ -263,7 +305,7 @@ def test_seeded_sampling_is_reproducible_and_follows_the_plain_path():
     SampleConfig(max_new_tokens=45, temperature=[0.0, 1.3], top_k=4, top_p=0.9, seed=4),
     SampleConfig(max_new_tokens=1, seed=1),
 ])
-def test_chunked_loop_gives_the_same_tokens(config):
+def test_chunked_loop_gives_the_same_tokens(config, fast_calls):
     """The accelerator's loop (ids kept on the device, copied back in chunks
     of 1, 2, 4, ...) is the same computation as the one-token loop."""
     model = make("gru", 6, 2)
@@ -271,8 +313,11 @@ def test_chunked_loop_gives_the_same_tokens(config):
     cpu = torch.device("cpu")
     with torch.inference_mode():
         one = torch.stack(list(sampling._generate(model, prompts, config, cpu, 1)))
+        assert len(fast_calls) == config.max_new_tokens - 1
         for chunk in (2, 8, 32):
+            mark = len(fast_calls)
             got = list(sampling._generate(model, prompts, config, cpu, chunk))
+            assert fast_calls.since(mark) == config.max_new_tokens - 1  # the chunked loop steps fast too
             assert all(t.shape == (2,) and t.dtype == torch.int64 for t in got)
             assert torch.equal(torch.stack(got), one)
         # stopping early leaves the model as it was
@@ -315,7 +360,7 @@ def test_generation_with_a_model_without_parameters():
 
 
 @pytest.mark.parametrize("kind", ["char", "word"])
-def test_complete_without_streaming_equals_the_streaming_loop(kind):
+def test_complete_without_streaming_equals_the_streaming_loop(kind, fast_calls):
     """``complete()`` with no stop strings and no ``on_text`` collects ids and
     decodes at the end; the results are those of the per-token loop."""
     text = "the cat sat on the mat. a dog ran off! then the cat ran too, and the dog sat."
@@ -326,9 +371,13 @@ def test_complete_without_streaming_equals_the_streaming_loop(kind):
     prompts = ["the", "", "a dog", "cat", "then", ""]
     for seed in range(3):
         config = SampleConfig(max_new_tokens=30, temperature=1.0, seed=seed)
+        mark = len(fast_calls)
         quiet = complete(model, tokenizer, prompts, config)
+        assert fast_calls.since(mark) > 0
+        mark = len(fast_calls)
         pieces = {i: [] for i in range(len(prompts))}
         loud = complete(model, tokenizer, prompts, config, on_text=lambda i, s: pieces[i].append(s))
+        assert fast_calls.since(mark) > 0
         assert quiet == loud
         assert ["".join(pieces[i]) for i in range(len(prompts))] == [c.text for c in quiet]
     reasons = {c.finish_reason for seed in range(3) for c in complete(
@@ -351,7 +400,7 @@ def test_complete_restores_training_mode_after_an_early_end():
     assert model.training
 
 
-def test_state_rows_select_and_concatenate():
+def test_state_rows_select_and_concatenate(fast_calls):
     """The batching server selects and concatenates state rows along dim 1;
     the fast step must accept such states (non-contiguous included)."""
     model = make("lstm", 6, 2)
@@ -361,9 +410,10 @@ def test_state_rows_select_and_concatenate():
         strided = map_state(lambda s: s[:, ::2], state)
         for st in (picked, strided):
             assert_same(model.step(torch.tensor([1, 2]), st), model._module_step(torch.tensor([1, 2]), st))
+    assert fast_calls.batches == [2, 2]
 
 
-def test_training_mode_drops_the_weight_copies():
+def test_training_mode_drops_the_weight_copies(fast_calls):
     """Back in training the copies would only take memory while the weights
     they were made from change; eval() keeps them (a server keeps the model in eval)."""
     model = make("lstm", 6, 2)
@@ -375,9 +425,10 @@ def test_training_mode_drops_the_weight_copies():
     assert model._step_weights is None
     model.eval()
     torch.testing.assert_close(step_logits(model), reference_logits(model), atol=1e-5, rtol=0)
+    assert len(fast_calls) == 4
 
 
-def test_large_cpu_batches_use_onednn_when_it_is_on(monkeypatch):
+def test_large_cpu_batches_use_onednn_when_it_is_on(monkeypatch, fast_calls):
     """From a batch x width x threads threshold, the fused module (oneDNN)
     runs the step on CPU, unless oneDNN is off; the results agree either way."""
     import genrnn.models.rnn as rnn
@@ -392,10 +443,12 @@ def test_large_cpu_batches_use_onednn_when_it_is_on(monkeypatch):
         try:
             assert_same(model.step(nxt, state), model._module_step(nxt, state))
             assert model._step_weights is None  # the module ran
+            assert len(fast_calls) == 0
             assert not model._onednn_wins(nxt[:2])
             with torch.backends.mkldnn.flags(enabled=False):
                 assert not model._onednn_wins(nxt)
                 assert_same(model.step(nxt, state), model._module_step(nxt, state))
             assert model._step_weights is not None  # the fast path ran
+            assert fast_calls.batches == [3]
         finally:
             torch.set_num_threads(threads)

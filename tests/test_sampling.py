@@ -653,6 +653,103 @@ def test_the_engine_draws_what_generate_tokens_draws(chars, settings):
         assert set(local.flatten().tolist()) <= set(letters) and len(set(local.flatten().tolist())) > 1
 
 
+def filtered_softmax(logits: Sequence[float], temperature: float, top_k: int, top_p: float,
+                     nucleus_first: bool = False) -> List[float]:
+    """The distribution a row with these settings draws from, worked out apart from
+    ``genrnn.sampling`` in plain Python floats: logits / T, the k largest, renormalised,
+    then the smallest most-likely prefix with mass >= p, renormalised. ``nucleus_first``:
+    the wrong order (the nucleus picked from the untempered, unfiltered softmax)."""
+
+    def softmax(pairs):
+        top = max(v for v, _ in pairs)
+        w = [(math.exp(v - top), i) for v, i in pairs]
+        total = sum(x for x, _ in w)
+        return [(x / total, i) for x, i in w]
+
+    ranked = sorted(((v / temperature, i) for i, v in enumerate(logits)), reverse=True)[:top_k]
+    nucleus_from = softmax(sorted(((v, i) for i, v in enumerate(logits)), reverse=True)) if nucleus_first \
+        else softmax(ranked)
+    kept, before = set(), 0.0
+    for q, i in nucleus_from:
+        if before >= top_p:
+            break
+        kept.add(i)
+        before += q
+    final = softmax([(v, i) for v, i in ranked if i in kept])
+    out = [0.0] * len(logits)
+    for q, i in final:
+        out[i] = q
+    return out
+
+
+def chi_square(counts: Sequence[int], probs: Sequence[float]) -> float:
+    """Pearson's statistic; infinite where a token of probability 0 was drawn."""
+    n = sum(counts)
+    stat = 0.0
+    for c, p in zip(counts, probs):
+        if p == 0:
+            if c:
+                return math.inf
+            continue
+        stat += (c - n * p) ** 2 / (n * p)
+    return stat
+
+
+def chi_square_bound(df: int, z: float = 4.75) -> float:
+    """The chi-square quantile a right distribution exceeds with probability about 1e-6
+    (Wilson-Hilferty; z = 4.75 standard normal)."""
+    a = 2 / (9 * df)
+    return df * (1 - a + z * math.sqrt(a)) ** 3
+
+
+def test_the_engine_and_the_local_sampler_draw_from_the_filtered_softmax(chars):
+    """Temperature, top-k and top-p together, from fixed logits: the server's engine and the
+    local loop (``generate_tokens``, as ``genrnn sample`` runs it) draw the same 20,000 tokens
+    (250 rows x 80 steps, so each row's uniforms run past one block of 64), and their frequencies
+    pass a chi-square test against the distribution worked out by hand -- which a wrong
+    temperature, a top-k left out, a nucleus one token too long or too short, or the nucleus
+    picked before the temperature would fail."""
+    V = chars.vocab_size
+    letters = chars.encode("abcdefghij")
+    values = [2.0, 1.5, 1.2, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1]
+    logits = torch.full((V,), NEG_INF)  # <eos> too: every row runs its 80 steps
+    logits[letters] = torch.tensor(values)
+    logits[PAD_ID] = 9.0  # by far the largest, and never drawn
+    T, k, p = 1.5, 6, 0.7
+    rows, steps, seed = 250, 80, 2024
+    model = FixedLogits(logits)
+    local = draw(model, rows, steps, seed=seed, temperature=T, top_k=k, top_p=p)  # (steps, rows)
+    with engine_for(model, chars) as engine:
+        sink = run_engine(engine, [RowSpec(i, [EOS_ID], RowParams(max_tokens=steps, temperature=T, top_k=k, top_p=p,
+                                                                  seed=row_seed(seed, i))) for i in range(rows)])
+    served = torch.tensor([chars.encode(sink.texts[i]) for i in range(rows)]).T
+    assert served.shape == (steps, rows) and set(sink.reasons.values()) == {"length"}
+    assert torch.equal(served, local)
+
+    counts = [int((local == t).sum()) for t in letters]
+    assert sum(counts) == rows * steps == 20_000
+    want = filtered_softmax(values, T, k, p)
+    kept = [i for i, q in enumerate(want) if q > 0]
+    # a b c d: of the top 6 (a-f) at T, a b c hold 0.655 < p and a b c d 0.783. Without top-k the
+    # nucleus would be a-f (a-e hold 0.660 of all ten), taken before the temperature a-e (0.668 at T = 1).
+    assert kept == [0, 1, 2, 3]
+    bound = chi_square_bound(len(kept) - 1)
+    assert chi_square(counts, want) < bound, (counts, [round(20_000 * q) for q in want])
+    wrong = {
+        "temperature 1": filtered_softmax(values, 1.0, k, p),
+        "temperature 2": filtered_softmax(values, 2.0, k, p),
+        "logits times T": filtered_softmax(values, 1 / T, k, p),
+        "no top-k": filtered_softmax(values, T, len(values), p),
+        "nucleus one shorter": filtered_softmax(values, T, len(kept) - 1, 1.0),  # the 3 most likely, at T
+        "nucleus one longer": filtered_softmax(values, T, len(kept) + 1, 1.0),
+        "nucleus before temperature": filtered_softmax(values, T, k, p, nucleus_first=True),
+    }
+    for name, probs in wrong.items():
+        assert probs != want, name  # each is a different distribution...
+        df = max(1, sum(q > 0 for q in probs) - 1)
+        assert chi_square(counts, probs) > chi_square_bound(df), name  # ...and these counts tell it apart
+
+
 def test_complete_and_the_engine_give_the_same_text(chars):
     """``complete(seed=S)`` and the engine with row seeds ``row_seed(S, i)``:
     the same text, token counts and finish reasons (a real model; rows kept

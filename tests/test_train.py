@@ -153,10 +153,36 @@ def test_api_generate_and_evaluate(corpus, tmp_path):
     assert again == m
 
 
-def test_deterministic_option_trains_and_is_saved(corpus, tmp_path):
-    run = genrnn.train(corpus, out=tmp_path / "d", max_steps=3, deterministic=True, **TINY)
-    assert run.config.train.deterministic
-    torch.use_deterministic_algorithms(False)  # leave the process as other tests expect it
+def test_deterministic_option_trains_and_is_saved(corpus, tmp_path, monkeypatch):
+    """--deterministic turns on deterministic algorithms, cuDNN's deterministic kernels (no
+    benchmark) and the cuBLAS workspace setting, for the run; it is saved with the run, and two runs
+    with the same seed end with bitwise-equal weights. The process is left as it was found."""
+    # set, then delete: monkeypatch then removes at teardown what the run sets (delenv alone would
+    # record nothing where the variable is absent)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.deterministic, cudnn.benchmark)
+    try:
+        torch.use_deterministic_algorithms(False)  # start from the other setting, so the run must change them
+        cudnn.deterministic, cudnn.benchmark = False, True
+        run = genrnn.train(corpus, out=tmp_path / "d", max_steps=3, deterministic=True, **TINY)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # a CPU op without one warns, not fails
+        assert cudnn.deterministic and not cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert run.config.train.deterministic
+        saved = json.loads((tmp_path / "d" / ckpt.CONFIG).read_text(encoding="utf-8"))
+        assert saved["run"]["train"]["deterministic"] is True
+        assert genrnn.load(tmp_path / "d").config.train.deterministic
+        again = genrnn.train(corpus, out=tmp_path / "e", max_steps=3, deterministic=True, **TINY)
+        assert again.result.step == run.result.step == 3
+        assert_same_weights(last_weights(tmp_path / "d"), last_weights(tmp_path / "e"))
+        assert_same_weights(run.model.state_dict(), again.model.state_dict())  # the saved best weights too
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        cudnn.deterministic, cudnn.benchmark = before[2], before[3]
 
 
 def test_a_run_killed_before_its_first_checkpoint_can_start_again(corpus, tmp_path):
