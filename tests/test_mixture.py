@@ -164,3 +164,24 @@ def test_the_mixture_serves(run):
         assert r.status_code == 200, r.text
         served = r.json()["choices"][0]["text"]
     assert served == run.complete(["the cat"], length=20, temperature=0)[0].text
+
+
+@pytest.mark.parametrize("damage", ["offsets", "words", "ctx_keys", "sizes"])
+def test_tampered_ngram_tables_are_refused_on_load(damage):
+    from genrnn.models import MarkovLM
+
+    model = _model().ngram
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    key = "orders.2."
+    if damage == "offsets":
+        tensors[key + "offsets"][-1] += 5
+    elif damage == "words":
+        tensors[key + "words"][0] = 10_000
+    elif damage == "ctx_keys":
+        tensors[key + "ctx_keys"] = tensors[key + "ctx_keys"].flip(0)
+    else:
+        tensors[key + "gamma"] = tensors[key + "gamma"][:-1]
+    fresh = MarkovLM(model.config)
+    fresh.prepare_load({k: v for k, v in model.state_dict().items()})  # the real tables pass
+    with pytest.raises(genrnn.GenrnnError, match="corrupt"):
+        MarkovLM(model.config).prepare_load(tensors)

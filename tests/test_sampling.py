@@ -882,3 +882,21 @@ def test_a_vanishing_temperature_draws_the_argmax():
     sample = Sampler(torch.device("cpu"))
     sample.add([RowSampling(1e-189, None, None, 1), RowSampling(1e-30, None, 0.5, 2)])
     assert sample(logits).tolist() == [2, 2]
+
+
+def test_scores_that_are_not_numbers_still_give_a_token_in_the_vocabulary():
+    """A model with NaN weights, or a huge logit over a small temperature (inf after the
+    division), must not make the draw return an id past the vocabulary."""
+    V = 7
+    nan = torch.full((2, V), float("nan"))
+    huge = torch.zeros(2, V)
+    huge[:, 4] = 3e38  # / 0.7 overflows to inf
+    for logits in (nan, huge):
+        for rows in ((RowSampling(1.0, seed=1), RowSampling(0.7, seed=2)),
+                     (RowSampling(0.7, top_k=3, seed=3), RowSampling(1.3, top_p=0.9, seed=4))):
+            s = sampler(*rows)
+            for _ in range(20):
+                tokens = s(logits)
+                assert ((tokens >= 1) & (tokens < V)).all(), tokens
+    s = sampler(RowSampling(0.7, seed=5), RowSampling(0.7, seed=6))
+    assert s(huge).tolist() == [4, 4]  # the overflowing score still wins

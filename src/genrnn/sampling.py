@@ -76,6 +76,7 @@ def _temperatures(temperature: Temperature) -> List[float]:
 # The smallest temperature divided by: logits / 1e-189 would overflow to inf and the
 # softmax give NaN (found by the server's fuzz test); / 1e-20 keeps logits finite, and the
 # draw is then the argmax, as the temperature asks.
+_FINITE_MAX = 3.0e38  # below float32's largest: what an overflowing score is cut to before softmax
 _T_MIN = 1e-20
 
 
@@ -186,7 +187,9 @@ class _CDF:
             torch.cumsum(probs, dim=-1, out=self.body)
         else:
             self.body.copy_(torch.cumsum(probs, dim=-1))
-        return torch.searchsorted(self.full, u * self.total, right=True).view(-1)
+        # clamped: a row whose probabilities are not numbers (a model with NaN weights) still gets a
+        # token id, never one past the vocabulary
+        return torch.searchsorted(self.full, u * self.total, right=True).view(-1).clamp_(1, self.body.shape[1])
 
 
 class Uniforms:
@@ -362,6 +365,8 @@ class Sampler:
         best = z.argmax(dim=-1) + 1 if plan.greedy_rows is not None else None
         if plan.divisor is not None:
             z = z / plan.divisor
+        # a huge logit over a small temperature overflows to inf (softmax: NaN); NaN scores get no mass
+        z = torch.nan_to_num(z, nan=float("-inf"), posinf=_FINITE_MAX)
         if plan.top_k is not None:
             if plan.top_k < 0:
                 self._per_row_k(plan, z.shape[-1])

@@ -160,9 +160,35 @@ class MarkovLM(nn.Module):
     def prepare_load(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Resize the tables to the shapes in ``tensors`` before they are
         loaded; ``checkpoint.load_weights`` calls this, since a Markov model
-        rebuilt from its config has empty tables."""
+        rebuilt from its config has empty tables. The tables are checked to
+        fit together first: a tampered file must not index out of them."""
+        self._check_tables(tensors)
         for i, module in enumerate(self.orders):
             module.resize_like(tensors, f"orders.{i}.")
+
+    def _check_tables(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        V, previous = self.vocab_size, 1
+        for i in range(self.order):
+            t = {name: tensors.get(f"orders.{i}.{name}") for name in ("ctx_keys", "offsets", "words", "alpha", "gamma")}
+            if any(v is None for v in t.values()):
+                return  # a missing tensor: the loader reports it
+            keys, offsets, words = t["ctx_keys"].long(), t["offsets"].long(), t["words"].long()
+            n = keys.numel()
+            problem = None
+            if any(v.dim() != 1 for v in t.values()):
+                problem = "a table is not one-dimensional"
+            elif offsets.numel() != n + 1 or t["gamma"].numel() != n or t["alpha"].numel() != words.numel():
+                problem = "the table sizes do not match"
+            elif int(offsets[0]) != 0 or int(offsets[-1]) != words.numel() or bool((offsets.diff() < 0).any()):
+                problem = "the follower offsets are not increasing from 0 to the followers' count"
+            elif words.numel() and (int(words.min()) < 0 or int(words.max()) >= V):
+                problem = f"a follower id is outside the vocabulary of {V}"
+            elif n and (bool((keys.diff() <= 0).any()) or int(keys.min()) < 0 or
+                        int(keys.max()) >= max(1, previous) * V):
+                problem = "the context keys are not sorted or are out of range"
+            if problem:
+                raise GenrnnError(f"the Markov model's order-{i + 1} tables are corrupt: {problem}")
+            previous = n
 
     # -- the model protocol -------------------------------------------------------------
 
