@@ -154,6 +154,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=PRECISIONS, default=S,
                    help="auto = fp32 (TF32 on CUDA); bf16 or fp16 turn on autocast")
     t.add_argument("--threads", type=int, default=S, help="CPU threads (default: PyTorch's choice)")
+    t.add_argument("--init-from", metavar="RUN", default=S,
+                   help="start from a trained run's weights: its shape and tokenizer, its vocabulary extended by "
+                        "the new text's tokens (new rows start as the mean of the old ones)")
     t.add_argument("--baseline", type=int, default=S, metavar="ORDER",
                    help="order of the Kneser-Ney baseline fitted beside a --model rnn run and reported with its "
                         "validation loss; 0 = none (default: 5; a mixture's baseline is its own n-gram)")
@@ -372,6 +375,10 @@ class _TrainReporter:
         m, d = cfg["model"], cfg["data"]
         if info.get("auto"):
             self._print(f"genrnn: {info['auto']}")
+        if info.get("init_from"):
+            i = info["init_from"]
+            self._print(f"genrnn: starting from {i['run']}: its {i['kept_tokens']} tokens kept, {i['new_tokens']} new "
+                        "ones (their rows start as the mean of the old ones)")
         stop = []
         if info["total_steps"]:
             stop.append(f"{info['total_steps']} steps")

@@ -150,6 +150,7 @@ class TrainConfig:
     # order of the Kneser-Ney baseline fitted beside a plain RNN language model and reported with its
     # validation loss (0: none); a mixture's baseline is its own n-gram part (ModelConfig.order)
     baseline: int = 5
+    init_from: Optional[str] = None  # the run folder this run started from (--init-from)
 
     def validate(self) -> None:
         _choice("device", self.device, DEVICES)

@@ -422,6 +422,7 @@ def build_dataset(
     *,
     seed: int,
     tokenizer: Optional[Tokenizer] = None,
+    extend: Optional[Tokenizer] = None,
     condition: Optional[str] = None,
     condition_spec: Optional[ConditionSpec] = None,
     label_names: Optional[List[str]] = None,
@@ -430,6 +431,8 @@ def build_dataset(
 ) -> Dataset:
     """Split (unless ``val_docs`` is given), build the tokenizer from the
     training text (unless given, e.g. on resume) and lay out the batches.
+    ``extend``: instead, take this tokenizer with the training text's new
+    tokens added after its own (a run started from another, ``--init-from``).
 
     ``condition`` is the kind the records are conditioned on (label, vector,
     image) or None; its spec (label vocabulary, sizes) is built from the
@@ -438,6 +441,8 @@ def build_dataset(
     if condition == "text" and config.layout != "lines":
         raise GenrnnError("sequence to sequence needs one pair per record: --layout lines")
     train_texts, val_texts = split.train, split.val
+    if tokenizer is None and extend is not None:
+        tokenizer = extend.extended(train_texts)
     if tokenizer is None:
         both = train_texts + list(split.train_conditions or []) if condition == "text" and config.shared_vocab else []
         tokenizer = build_tokenizer(config.tokenizer, both or train_texts, lower=config.lower,

@@ -103,6 +103,11 @@ class Tokenizer(abc.ABC):
         changes the text's length)."""
         return None
 
+    def extended(self, texts: Iterable[str]) -> Tokenizer:
+        """This vocabulary with the tokens of ``texts`` it lacks added after
+        its own, so every id keeps its meaning (``--init-from``)."""
+        raise GenrnnError(f"a {self.kind} tokenizer cannot be extended")
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``. ``<pad>`` and ``<eos>`` decode to nothing.
 
@@ -148,6 +153,11 @@ class _VocabTokenizer(Tokenizer):
 
     def token_str(self, i: int) -> str:
         return self._vocab[_check_id(i, len(self._vocab))]
+
+    def extended(self, texts: Iterable[str]) -> _VocabTokenizer:
+        seen = type(self).build(texts, lower=self.lower)._vocab[len(SPECIALS):]
+        new = [t for t in seen if t not in self._stoi]
+        return type(self)(self._vocab[len(SPECIALS):] + new, lower=self.lower) if new else self
 
     def to_dict(self) -> dict[str, Any]:
         # The specials are written too, so that the list reads as id -> token.
@@ -563,6 +573,9 @@ class BPETokenizer(Tokenizer):
 
     def decoder(self) -> StreamDecoder:
         return _ByteDecoder(self._pieces)
+
+    def extended(self, texts: Iterable[str]) -> BPETokenizer:
+        return self  # every text is made of its bytes already
 
     def token_str(self, i: int) -> str:
         return self._strs[_check_id(i, len(self._strs))]

@@ -34,7 +34,7 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from . import distributed
 from .conditions import read_names, read_vectors
-from . import autoconfig
+from . import autoconfig, initfrom
 from .config import RunConfig, auto_lr, override
 from .corpora import CORPORA, corpus_splits, load_corpus, load_parallel
 from .data import IGNORE, Dataset, build_dataset
@@ -269,11 +269,19 @@ class Trainer:
         if explicit is not None and not resume and spec.condition is None and config.model.type == "rnn" \
                 and not set(explicit) & set(autoconfig.CHOSEN):
             config = self._choose(config, explicit, train_docs)
+        parent = None
+        if config.train.init_from and not resume:
+            if spec.condition is not None:
+                raise GenrnnError("--init-from starts a language model; a conditioned or sequence-to-sequence "
+                                  "run cannot start from one yet")
+            parent = initfrom.read_parent(Path(config.train.init_from))
+            config = initfrom.inherit(config, parent, explicit or ())
         tokenizer = condition = None
         if resume:
             _, tokenizer, _ = ckpt.read_config(self.run_dir)
             condition = ckpt.read_condition(self.run_dir)
         self.data = build_dataset(train_docs, val_docs, config.data, seed=config.train.seed, tokenizer=tokenizer,
+                                  extend=parent.tokenizer if parent is not None else None,
                                   condition_spec=condition, **spec.dataset_options())
         c = self.data.condition
         config = replace(config, model=replace(config.model, vocab_size=self.data.tokenizer.vocab_size,
@@ -281,6 +289,10 @@ class Trainer:
         self.config = config
         torch.manual_seed(config.train.seed)
         self.model = build_model(config.model).to(self.runtime.device)
+        self.inherited = None
+        if parent is not None:
+            self.inherited = dict(initfrom.transfer(parent.model, self.model, parent.tokenizer.vocab_size),
+                                  run=str(parent.run_dir))
         # a fitted model (the Markov baseline) is fitted in one pass in run(): no optimizer, nothing to resume
         self.fitted = is_fitted(self.model)
         if self.fitted and resume:
@@ -332,7 +344,11 @@ class Trainer:
         budget = t.time if (t.time or steps) else DEFAULT_TIME
         choice = autoconfig.choose(facts, budget, chars, config.data.tokenizer, config.data.layout, steps)
         options = {k: v for k, v in choice.options.items() if k not in explicit}
-        self.auto = {"reason": choice.reason, "options": options}
+        reason = choice.reason
+        if t.init_from:  # the network's shape is the parent's
+            options = {k: v for k, v in options.items() if k not in initfrom.SHAPE}
+            reason += f"; the network's shape comes from --init-from {t.init_from}"
+        self.auto = {"reason": reason, "options": options}
         if options.get("precision") == "bf16":
             self.runtime = replace(self.runtime, dtype=torch.bfloat16)
         return override(config, **options)
@@ -583,6 +599,7 @@ class Trainer:
             "labels": data.condition.label_names() if data.condition and data.condition.kind == "label" else [],
             "processes": self.dist.world_size, "skipped_pairs": data.skipped,
             "auto": self.auto["reason"] if self.auto else None,
+            "init_from": self.inherited,
         })
         if self.auto and p.step == 0:
             self._metrics({"step": 0, "auto": self.auto})
