@@ -26,6 +26,7 @@ import pytest
 
 from genrnn import checkpoint as ckpt
 from genrnn.cli import main
+from test_cli import cli, json_lines, ok  # the in-process runner and its checks
 
 WORDS = ("the a of and to in is was it that he she they we you river stone light house garden window "
          "quiet early late green blue small large old new runs walks sings reads writes opens closes "
@@ -45,28 +46,6 @@ def write_corpus(path: Path, lines: int = 300, seed: int = 0) -> Path:
         text.append(" ".join(words).capitalize() + rng.choice([".", ".", "!", "?", ","]))
     path.write_text("\n".join(text) + "\n", encoding="utf-8")
     return path
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """Run ``genrnn ARGV`` in-process; (exit status, stdout, stderr)."""
-    capsys.readouterr()  # drop anything printed before
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def ok(capsys, *argv) -> str:
-    rc, out, err = cli(capsys, *argv)
-    assert rc == 0, err
-    assert "Traceback" not in err
-    return out
-
-
-def json_lines(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def metrics(run: Path) -> list[dict]:
