@@ -140,13 +140,29 @@ def crossfit(run_dir: Path) -> Dict[str, Any]:
     w1, _ = fit_weight(a[:n], b[:n])
     w2, _ = fit_weight(a[n:], b[n:])
     held_out = (score(w1, a[n:], b[n:]) * (a.numel() - n) + score(w2, a[:n], b[:n]) * n) / a.numel()
-    return {"run": str(run_dir), "tokens": int(a.numel()), "weight": w_all, "weights_halves": [w1, w2],
-            "in_sample": in_sample, "two_fold": held_out, "rnn": float(-a.double().mean()),
-            "ngram": float(-b.double().mean())}
+    out = {"run": str(run_dir), "tokens": int(a.numel()), "weight": w_all, "weights_halves": [w1, w2],
+           "in_sample": in_sample, "two_fold": held_out, "rnn": float(-a.double().mean()),
+           "ngram": float(-b.double().mean())}
+    test = next((s.get("test") for s in corpora().values() if s.get("val") and
+                 [str(x) for x in s["val"]] == list(run.corpus.val or [])), None)
+    if test:  # a test split no weight saw: the parts and the mixture as saved
+        from genrnn.data import document_records
+
+        texts, _ = document_records(run.corpus.load([test]), cfg.layout, None)
+        test_set = make_eval_set(run.tokenizer, texts, cfg, None, run.condition)
+        ta = target_logprobs(run.model.rnn, test_set, run.runtime)
+        tb = target_logprobs(run.model.ngram, test_set, run.runtime)
+        w = float(run.model.weight)
+        out.update(test_ppl_rnn=math.exp(-float(ta.double().mean())), test_ppl_ngram=math.exp(-float(tb.double().mean())),
+                   test_ppl_mixture=math.exp(score(w, ta, tb)))
+    return out
 
 
-def table(path: Path) -> str:
+def table(path: Path, drop=()) -> str:
+    """The markdown table; ``drop``: runs left out, as CORPUS/CONFIG/BUDGET_S/REPEAT."""
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["config"].startswith("kn") or
+            f"{r['corpus']}/{r['config']}/{int(r['budget_s'])}/{r['repeat']}" not in set(drop)]
     kn: Dict[str, Dict[int, float]] = {}
     for r in rows:
         if r["config"].startswith("kn"):
@@ -179,14 +195,17 @@ def main(argv=None) -> int:
     ap.add_argument("--config", action="append", choices=list(CONFIGS), help="configurations to train")
     ap.add_argument("--budget", default="2m")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each configuration")
+    ap.add_argument("--first-repeat", type=int, default=0, help="number of the first run (to add runs to a results file)")
     ap.add_argument("--kn", action="store_true", help="fit Kneser-Ney orders 3-8 (3-5 at word level)")
     ap.add_argument("--results", default="bench-runs/out_of_box.jsonl")
     ap.add_argument("--out", default="bench-runs/out_of_box")
     ap.add_argument("--table", metavar="JSONL", help="print the markdown table of a results file and stop")
+    ap.add_argument("--drop", nargs="*", default=(), metavar="CORPUS/CONFIG/BUDGET_S/REPEAT",
+                    help="with --table: runs to leave out (disturbed by other work on the machine)")
     ap.add_argument("--crossfit", metavar="RUN", nargs="+", help="two-fold check of mixture runs' weights, and stop")
     args = ap.parse_args(argv)
     if args.table:
-        print(table(Path(args.table)))
+        print(table(Path(args.table), args.drop))
         return 0
     if args.crossfit:
         for run_dir in args.crossfit:
@@ -208,7 +227,7 @@ def main(argv=None) -> int:
                 with open(results, "a") as f:
                     f.write(json.dumps(row) + "\n")
         for config in args.config or []:
-            for i in range(args.repeat):
+            for i in range(args.first_repeat, args.first_repeat + args.repeat):
                 row = train_one(name, spec, config, budget, out, i)
                 print(json.dumps(row), flush=True)
                 with open(results, "a") as f:
