@@ -55,7 +55,7 @@ def _word() -> WordTokenizer:
 def test_special_ids_are_shared():
     assert (PAD_ID, UNK_ID, EOS_ID) == (0, 1, 2)
     assert SPECIALS == ("<pad>", "<unk>", "<eos>")
-    assert set(TOKENIZERS) == {"char", "word", "whitespace"}
+    assert set(TOKENIZERS) == {"char", "word", "whitespace", "bpe"}
     for kind, cls in TOKENIZERS.items():
         tok = build_tokenizer(kind, "hello world")
         assert type(tok) is cls and isinstance(tok, Tokenizer) and tok.kind == kind
