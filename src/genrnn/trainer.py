@@ -468,7 +468,7 @@ class Trainer:
         calibrate = getattr(self.model, "calibrate", None)
         if calibrate is None:
             metrics = evaluate(self.model, val, self.runtime, max_tokens, dist=self.dist)
-            if getattr(self, "baseline", None):
+            if self.baseline:
                 metrics["baseline_loss"] = self.baseline["val_loss"]
             return metrics
         parts = calibrate(val, self.runtime, max_tokens)
@@ -542,18 +542,22 @@ class Trainer:
         if cfg.model.condition != "none" or self.data.val is None:
             return
         begin = time.perf_counter()
-        if callable(getattr(self.model, "fit", None)):  # the mixture: its n-gram part is the baseline
+        val, cap = self.data.val, cfg.train.eval_tokens
+        own = getattr(self.model, "baseline_loss", None)
+        if own is not None:  # the mixture: its n-gram part is the baseline
             if self.progress.step == 0:
                 self.model.fit(self._train_tokens())
-            ngram, order = self.model.ngram, cfg.model.order
+            fit_s, order = time.perf_counter() - begin, cfg.model.order
+            loss, n = own(val, self.runtime, cap)
+            metrics = summarize(loss * n, n, val.num_chars * n / max(1, val.num_targets))
         elif cfg.train.baseline:
             order = cfg.train.baseline
             ngram = MarkovLM(replace(cfg.model, type="markov", order=order)).to(self.runtime.device)
             ngram.fit(self._train_tokens())
+            fit_s = time.perf_counter() - begin
+            metrics = evaluate(ngram, val, self.runtime, cap)
         else:
             return
-        fit_s = time.perf_counter() - begin
-        metrics = evaluate(ngram, self.data.val, self.runtime, cfg.train.eval_tokens)
         self.baseline = {"order": order, "val_loss": metrics["loss"], "val_bpc": metrics["bits_per_char"],
                          "val_ppl": metrics["perplexity"], "fit_s": round(fit_s, 3)}
         self._metrics({"step": self.progress.step, "baseline": self.baseline})

@@ -34,7 +34,8 @@ the Markov baseline) is fitted in one pass instead of trained; the mixture
 fits its n-gram part so. ``calibrate(eval_set, runtime, max_tokens)`` fits
 parameters on validation data (the mixture's weight) and returns the
 validation figures; the trainer calls it instead of ``evaluate`` at every
-evaluation.
+evaluation. ``baseline_loss(eval_set, runtime, max_tokens)`` gives a model's
+own n-gram baseline (the mixture's part) for the trainer's report.
 """
 
 from __future__ import annotations
