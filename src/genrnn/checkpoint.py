@@ -17,6 +17,7 @@ renamed into place.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import struct
@@ -31,7 +32,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import __version__
-from ._io import atomic_path, atomic_write_bytes, atomic_write_text
+from ._io import atomic_write_bytes, atomic_write_text
 from .conditions import ConditionSpec
 from .config import FORMAT_VERSION, RunConfig
 from .errors import GenrnnError
@@ -209,8 +210,11 @@ def _load_state(model: nn.Module, tensors: Dict[str, torch.Tensor], path: Path) 
 
 
 def save_resume(path: Path, payload: Dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # serialised in memory, then written as plain bytes: torch.save's own file
+    # writer reports a full disk as a RuntimeError, not an OSError with its errno
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_resume(path: Path) -> Dict[str, Any]:

@@ -9,3 +9,8 @@ never shows a traceback for these.
 
 class GenrnnError(Exception):
     """An error caused by user input, with a message meant for the user."""
+
+
+class DiskFullError(GenrnnError):
+    """A write failed for want of space (or a file-size limit); the file that
+    was there before is unchanged, so a run can resume once there is room."""

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .data import IGNORE, EvalSet
 from .distributed import Dist
+from . import faults
 from .state import detach_state, start
 from .runtime import Runtime
 
@@ -39,6 +40,7 @@ def _scored(model: nn.Module, eval_set: EvalSet, runtime: Runtime, max_tokens: O
                     state = start(model, None if condition is None else condition[rows].to(runtime.device))
                 logits, _, state = model(x, None, state)
             state = detach_state(state)
+            faults.point("eval")
             yield logits.float(), y
     finally:
         model.train(was_training)

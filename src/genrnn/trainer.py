@@ -34,11 +34,12 @@ import torch.nn as nn
 from . import checkpoint as ckpt
 from . import distributed
 from .conditions import read_names, read_vectors
-from . import autoconfig, initfrom
+from . import autoconfig, faults, initfrom
 from .config import RunConfig, auto_lr, override
 from .corpora import CORPORA, corpus_splits, load_corpus, load_parallel
 from .data import IGNORE, Dataset, build_dataset
-from .errors import GenrnnError
+from ._io import disk_errors, remove_stale_temporaries
+from .errors import DiskFullError, GenrnnError
 from .evaluate import evaluate, summarize
 from .models import MarkovLM, build_model, is_fitted
 from .runtime import Runtime, make_runtime
@@ -364,10 +365,12 @@ class Trainer:
             raise GenrnnError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} "
                               "or choose another --out")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.run_dir)  # a run killed mid-write before its first checkpoint
         corpus = self.spec.to_dict()
         corpus["fingerprint"] = self.fingerprint
         ckpt.write_config(self.run_dir, self.config, self.data.tokenizer, corpus, self.data.condition)
-        (self.run_dir / ckpt.METRICS).write_text("")
+        with disk_errors(self.run_dir / ckpt.METRICS):
+            (self.run_dir / ckpt.METRICS).write_text("")
 
     def _restore(self) -> None:
         saved_config, _, corpus = ckpt.read_config(self.run_dir)
@@ -375,6 +378,8 @@ class Trainer:
             raise GenrnnError(f"the training corpus differs from the one {self.run_dir} was started on; "
                               "resume needs the same text")
         payload = ckpt.load_resume(self.run_dir / ckpt.RESUME)
+        if self.dist.is_main:  # a kill -9 mid-write leaves its temporary file
+            remove_stale_temporaries(self.run_dir)
         try:
             ckpt._load_state(self.model, payload["model"], self.run_dir / ckpt.RESUME)
             self.optimizer.load_state_dict(payload["optimizer"])
@@ -406,7 +411,8 @@ class Trainer:
                         kept.append(line)
                 except json.JSONDecodeError:
                     continue  # a line torn by a crash
-        path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        with disk_errors(path):
+            path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
 
     def _save(self) -> None:
         p = self.progress
@@ -439,8 +445,9 @@ class Trainer:
     def _metrics(self, record: Dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        with open(self.run_dir / ckpt.METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.run_dir / ckpt.METRICS
+        with disk_errors(path), open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")  # a line torn by a full disk is skipped on resume
 
     # -- loop --------------------------------------------------------------------
 
@@ -588,6 +595,15 @@ class Trainer:
         return result
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        except DiskFullError as e:  # the last checkpoint is whole: say how to go on from it
+            if (self.run_dir / ckpt.RESUME).exists():
+                raise DiskFullError(f"{e}. The run is saved up to its last checkpoint; once there is room, "
+                                    f"continue it with: genrnn train --resume {self.run_dir}") from None
+            raise
+
+    def _run(self) -> TrainResult:
         t = self.config.train
         p = self.progress
         data = self.data
@@ -649,6 +665,7 @@ class Trainer:
                     self.scaler.unscale_(self.optimizer)
                 else:
                     loss.backward()
+                faults.point("step")  # the crash tests' kill -9 inside a step
                 if t.grad_clip > 0:
                     nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
                 if self.scaler is not None:
