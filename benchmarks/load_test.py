@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import httpx
 
@@ -76,16 +76,20 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(run: Path, port: int, threads: Optional[int]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "genrnn", "serve", "--model", f"bench={run}", "--port", str(port),
-           "--max-streams", "256", "--log-level", "warning"]
+def start_server(run: Path, port: int, threads: Optional[int], limits: Sequence[str] = ("--max-streams", "256"),
+                 name: str = "bench") -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "genrnn", "serve", "--model", f"{name}={run}", "--port", str(port),
+           *limits, "--log-level", "warning"]
     if threads:
         cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a long run's log never fills a pipe and blocks it
+    proc = subprocess.Popen(cmd, stderr=log, text=True)
+    proc.log = log  # type: ignore[attr-defined]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            sys.exit(f"load_test: the server exited: {proc.stderr.read()}")
+            log.seek(0)
+            sys.exit(f"load_test: the server exited: {log.read()}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return proc

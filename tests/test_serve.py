@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
@@ -620,6 +621,48 @@ def test_server_survives_a_burst_of_junk(server, client):
         r = httpx.post(url, content=content, headers={**auth(), "Content-Type": "application/json"})
         assert r.status_code < 500, (content[:40], r.text)
     assert client.completions.create(model=MODEL, prompt="a", max_tokens=2).choices
+
+
+
+def test_408_for_a_body_sent_too_slowly_and_healthz_counts_it(run):
+    """A client that sends its body a byte at a time gets 408 after --body-timeout
+    instead of holding a connection; /healthz counts the responses by status and
+    shows the queue and the resident memory."""
+    import socket
+
+    limits = Limits(max_streams=4, body_timeout=1)
+    with BackgroundServer(create_app({MODEL: run}, limits)) as srv:
+        assert httpx.post(f"{srv.url}/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 2}
+                          ).status_code == 200
+        port = srv.port
+        start = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 60\r\n\r\n{")
+            reply = b""
+            while chunk := sock.recv(4096):  # the server closes after the 408
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert b"request_timeout" in reply and 0.9 < time.monotonic() - start < 5
+        health = httpx.get(f"{srv.url}/healthz").json()
+        assert health["responses"] == {"200": 1, "408": 1}, health  # (this /healthz is counted once sent)
+        assert health["waiting_rows"] == 0 and health["active_streams"] == 0
+        assert health["rss_bytes"] is None or health["rss_bytes"] > 10_000_000
+        assert health["limits"]["body_timeout"] == 1
+
+
+@pytest.mark.slow
+def test_server_soak_short(run, tmp_path):
+    """benchmarks/server_soak.py for a few seconds: mixed and misbehaving clients,
+    no 5xx, no unexpected status, every slot free at the end."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "server_soak.py"
+    out = subprocess.run([sys.executable, str(bench), "--run", str(run.run_dir), "--duration", "8", "--clients", "4",
+                          "--json", str(tmp_path / "soak.json")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads((tmp_path / "soak.json").read_text())
+    assert report["server_5xx"] == 0 and report["final_active"] == 0 and report["requests"] > 20
+    seen = {k for k, c in report["by_kind"].items() if c}
+    assert {"stream", "plain", "disconnect", "bad_json", "oversize", "slow"} <= seen, report["by_kind"]
 
 
 # -- the command line --------------------------------------------------------------------

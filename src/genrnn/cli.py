@@ -300,6 +300,8 @@ def _serve_parser(sub) -> argparse.ArgumentParser:
                    help=f"tokens per prompt (default: {L.max_prompt_tokens})")
     g.add_argument("--max-body-bytes", type=int, default=L.max_body_bytes,
                    help=f"request body size; larger gets 413 (default: {L.max_body_bytes})")
+    g.add_argument("--body-timeout", type=int, default=L.body_timeout, metavar="SECONDS",
+                   help=f"time to send a whole request body; slower gets 408 (default: {L.body_timeout})")
     g.add_argument("--max-n", type=int, default=L.max_n, help=f"n per request (default: {L.max_n})")
     g.add_argument("--max-rows", type=int, default=L.max_rows,
                    help=f"prompts x n per request (default: {L.max_rows})")
@@ -805,7 +807,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models = parse_model_args(args.run, args.model)
         limits = Limits(max_tokens=args.max_tokens, max_prompt_chars=args.max_prompt_chars,
                         max_prompt_tokens=args.max_prompt_tokens, max_body_bytes=args.max_body_bytes,
-                        max_n=args.max_n, max_rows=args.max_rows, max_streams=args.max_streams)
+                        body_timeout=args.body_timeout, max_n=args.max_n, max_rows=args.max_rows,
+                        max_streams=args.max_streams)
         limits.validate()
     except ValueError as e:
         raise GenrnnError(str(e)) from None

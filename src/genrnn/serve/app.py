@@ -12,8 +12,8 @@ Requests run in the :class:`~genrnn.serve.engine.Engine` thread, batched with
 every other request; this module only checks, translates and streams. Every
 error, a failed validation included, is a JSON body in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``: 400 bad parameters, 401
-missing or wrong key, 404 unknown model or path, 413 body too large, 429 no
-free stream, 500 an internal failure (the server keeps running).
+missing or wrong key, 404 unknown model or path, 408 body too slow, 413 body too
+large, 429 no free stream, 500 an internal failure (the server keeps running).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 import secrets
 import time
 import uuid
@@ -102,6 +103,7 @@ _ERRORS = {status: {"model": ErrorResponse, "description": what} for status, wha
     (400, "Bad parameters (also invalid JSON or a failed validation)"),
     (401, "Missing or wrong API key"),
     (404, "Unknown model"),
+    (408, "Request body not received in time (--body-timeout)"),
     (413, "Request body too large"),
     (429, "All streams busy; retry later"),
     (500, "Internal error"),
@@ -142,7 +144,9 @@ def create_app(models: Mapping[str, Any], limits: Limits = Limits(), api_key: Op
     app.state.engine = engine
     app.state.models = served
     app.state.limits = limits
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout=limits.body_timeout)
+    responses: Dict[int, int] = {}  # status code -> count, filled by StatusCounter
+    app.add_middleware(StatusCounter, counts=responses)  # outermost: counts the refusals above too
     _add_error_handlers(app)
     auth = [Depends(_key_checker(api_key))] if api_key else []
 
@@ -154,8 +158,9 @@ def create_app(models: Mapping[str, Any], limits: Limits = Limits(), api_key: Op
 
     @app.get("/healthz", response_model=Health, summary="Liveness and load")
     async def healthz() -> Health:
-        return Health(models=list(served), active_streams=engine.active, max_streams=limits.max_streams,
-                      limits=vars(limits), steps=engine.steps, tokens=engine.tokens)
+        return Health(models=list(served), active_streams=engine.active, waiting_rows=engine.waiting,
+                      max_streams=limits.max_streams, limits=vars(limits), steps=engine.steps, tokens=engine.tokens,
+                      responses={str(k): v for k, v in sorted(responses.items())}, rss_bytes=resident_bytes())
 
     @app.get("/v1/models", response_model=ModelList, dependencies=auth, responses=_pick(401),
              summary="The served models; the first is the default")
@@ -647,14 +652,47 @@ def _key_checker(api_key: str):
     return check
 
 
+def resident_bytes() -> Optional[int]:
+    """This process's resident memory (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StatusCounter:
+    """Count the responses by status code, for ``/healthz``: an operator (and the
+    server soak) sees the 4xx and 5xx without reading logs."""
+
+    def __init__(self, app, counts: Dict[int, int]):
+        self.app = app
+        self.counts = counts
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def counted(message) -> None:
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                self.counts[status] = self.counts.get(status, 0) + 1
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
 class BodyLimit:
     """Refuse request bodies over ``max_bytes`` with 413 -- by Content-Length, and
     by counting the bytes as they arrive (a chunked body has no length) -- so
-    no request can make the server hold more than that."""
+    no request can make the server hold more than that; and bodies that take
+    longer than ``timeout`` seconds to arrive (a client sending a byte at a
+    time) with 408, so no client can hold a connection open by being slow."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, timeout: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -668,8 +706,13 @@ class BodyLimit:
             if declared > self.max_bytes:
                 return await self._too_large(send)
         body = bytearray()
+        deadline = time.monotonic() + self.timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return await self._refuse(send, 408, f"Request body not received within {self.timeout:g} s",
+                                          code="request_timeout")
             if message["type"] != "http.request":
                 return  # the client left before sending the body
             body += message.get("body", b"")

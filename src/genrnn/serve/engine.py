@@ -290,6 +290,11 @@ class Engine:
         """Rows held: running, or waiting for their prefill."""
         return self._held
 
+    @property
+    def waiting(self) -> int:
+        """Rows submitted and not yet prefilled."""
+        return sum(len(slot.pending) for slot in self._slots.values())
+
     def start(self) -> "Engine":
         if self._thread is None:
             self._stopping = False

@@ -25,6 +25,7 @@ class Limits:
     max_n: int = 16
     max_rows: int = 64  # prompts x n in one request
     max_streams: int = 128  # completions generating at once, all requests together
+    body_timeout: int = 30  # seconds a client may take to send its whole request body; slower gets 408
 
     def validate(self) -> None:
         for name, value in vars(self).items():

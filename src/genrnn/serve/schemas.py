@@ -193,11 +193,14 @@ class CaptionResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     models: List[str]
-    active_streams: int = Field(description="Rows generating now, all requests together.")
+    active_streams: int = Field(description="Rows held now, all requests together: generating, or waiting.")
+    waiting_rows: int = Field(0, description="Of those, rows waiting for their prefill (the queue).")
     max_streams: int
     limits: Dict[str, int] = Field(description="What a request may ask for (see `genrnn serve --help`).")
     steps: int = Field(description="Batched model steps taken since the start.")
     tokens: int = Field(description="Tokens generated since the start (tokens / steps = the average batch).")
+    responses: Dict[str, int] = Field(default_factory=dict, description="Responses sent, by status code.")
+    rss_bytes: Optional[int] = Field(None, description="The server's resident memory (Linux).")
 
 
 class ErrorBody(BaseModel):
