@@ -61,13 +61,24 @@ CONFIGS = {
     "old": {"type": "rnn", "baseline": 5},
     "cpu-3m": {"preset": "cpu-3m"},
     "cpu-10m": {"preset": "cpu-10m"},
+    "preset": {"preset": None},  # the best preset for the corpus and budget: see best_preset
 }
+
+
+def best_preset(spec: Dict[str, Any], budget: float) -> str:
+    """The preset a user would pick: ``ptb-small`` at word level, else the CPU
+    preset for the budget (``cpu-3m`` under 7 minutes, ``cpu-10m`` from 7)."""
+    if spec.get("options", {}).get("tokenizer") in ("word", "whitespace"):
+        return "ptb-small"
+    return "cpu-3m" if budget < 420 else "cpu-10m"
 
 
 def train_one(name: str, spec: Dict[str, Any], config: str, budget: float, out: Path, repeat: int) -> Dict[str, Any]:
     options = dict(spec.get("options", {}))
     extra = dict(CONFIGS[config])
     preset = extra.pop("preset", None)
+    if config == "preset":
+        preset = best_preset(spec, budget)
     options.update(extra)
     run_dir = out / f"{name}-{config}-{int(budget)}s-{repeat}"
     t0 = time.perf_counter()
@@ -84,7 +95,10 @@ def train_one(name: str, spec: Dict[str, Any], config: str, budget: float, out: 
            "val_baseline_loss": best.get("baseline_loss"), "baseline_order": baseline and baseline["order"],
            "mix_weight": best.get("mix_weight"), "model": cfg["model"]["type"],
            "shape": f"{cfg['model']['num_layers']}x{cfg['model']['hidden_size']}",
-           "batch": f"{cfg['data']['batch_size']}x{cfg['data']['seq_len']}", "precision": cfg["train"]["precision"]}
+           "batch": f"{cfg['data']['batch_size']}x{cfg['data']['seq_len']}", "precision": cfg["train"]["precision"],
+           "dropout": cfg["model"]["dropout"], "eval_every": cfg["train"]["eval_every"]}
+    if preset:
+        row["preset"] = preset
     if spec.get("test"):
         test = run.evaluate(spec["test"])
         row["test_ppl"] = test["perplexity"]
@@ -170,10 +184,14 @@ def table(path: Path, drop=()) -> str:
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for r in rows:
         if not r["config"].startswith("kn"):
-            groups.setdefault((r["corpus"], r["budget_s"], r["config"]), []).append(r)
+            # runs recorded before the dropout and validation interval were logged stay apart
+            groups.setdefault((r["corpus"], r["budget_s"], r["config"], r.get("dropout"), r.get("eval_every")),
+                              []).append(r)
     out = ["| corpus | budget | configuration | runs: steps @ tokens/s | RNN alone | KN-5 | best KN (order) | "
            "model (median) | vs KN-5 | vs best KN |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for (corpus, budget, config), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    for (corpus, budget, config, dropout, every), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] is not None)):
+        detail = "" if dropout is None else f", dropout {dropout:g}, validation every {every}"
         orders = kn.get(corpus, {})
         kn5 = orders.get(5)
         best_order = min(orders, key=orders.get) if orders else None
@@ -181,7 +199,9 @@ def table(path: Path, drop=()) -> str:
         rnn = statistics.median(r["val_rnn_loss"] for r in rs)
         runs = ", ".join(f"{r['steps']:,} @ {r['tokens_per_s']:,}" for r in rs)
         each = " / ".join(f"{r['val_loss']:.3f}" for r in rs)
-        out.append(f"| {corpus} | {budget / 60:g} min | {config} ({rs[0]['model']} {rs[0]['shape']}, {rs[0]['batch']}) "
+        name = config + (" " + rs[0]["preset"] if config == "preset" else "")
+        shape = f"{rs[0]['model']} {rs[0]['shape']}, {rs[0]['batch']}{detail}"
+        out.append(f"| {corpus} | {budget / 60:g} min | {name} ({shape}) "
                    f"| {runs} | {rnn:.3f} | {kn5 if kn5 is None else f'{kn5:.3f}'} | "
                    f"{'-' if best_order is None else f'{orders[best_order]:.3f} ({best_order})'} | "
                    f"**{med:.3f}** ({each}) | {'-' if kn5 is None else f'{kn5 - med:+.3f}'} | "

@@ -38,10 +38,21 @@ def test_native_bf16_turns_on_autocast_and_counts_as_more_compute():
 
 
 def test_one_thread_gets_less_than_many():
-    one = choose(DeviceFacts("cpu", threads=1), 360, MB).options
-    many = choose(DeviceFacts("cpu", threads=16), 360, MB).options
+    one = choose(DeviceFacts("cpu", threads=1), 360, 10 * MB).options
+    many = choose(DeviceFacts("cpu", threads=16), 360, 10 * MB).options
     assert one["hidden_size"] == 256 and many["hidden_size"] == 384
     assert many["eval_every"] > one["eval_every"]  # more steps in the same minutes: fewer evaluations per step
+
+
+def test_a_small_text_is_validated_every_two_passes_and_gets_more_dropout_when_seen_many_times():
+    big, small = choose(CPU2_BF16, 600, 10 * MB).options, choose(CPU2_BF16, 600, 300_000).options
+    assert big["eval_every"] == 550 and big["dropout"] == 0.1  # about 5 evaluations in the budget
+    # 300k characters at 64x64: two passes are 132 steps; the budget gives about 40 passes
+    assert small["eval_every"] == 150 and small["dropout"] == 0.3
+    assert choose(CPU2_BF16, 600, 1_100_000).options["dropout"] == 0.1  # tiny Shakespeare: 11 passes
+    words = choose(CPU2_BF16, 600, 150_000, tokenizer="word").options  # Alice: hundreds of passes
+    assert words["eval_every"] == 50 and words["dropout"] == 0.5
+    assert choose(CPU2_BF16, 120, 150_000, tokenizer="word").options["dropout"] == 0.3
 
 
 def test_a_gpu_keeps_large_batches_and_float32():

@@ -36,6 +36,9 @@ REFERENCE_RATE = 28_000  # tokens/s of the 2x256 char LSTM, 32x64 batches, float
 BF16_SPEEDUP = 1.45  # measured 1.3-1.7x (docs/benchmarks.md)
 WIDE_FROM = 420.0  # 2-core float32 seconds from which the 2x384 LSTM wins
 EVALUATIONS = 5  # validation passes to aim for in a budget (each also fits the mixture's weight)
+EVAL_EPOCHS = 2  # ... and at least one every this many passes over the training text
+CHARS_PER_WORD = 4.5  # characters per word-level token, spaces included (Alice 4.2, PTB 5.5)
+MANY_EPOCHS = {"char": 15, "word": 50}  # passes over the text beyond which the RNN overfits without more dropout
 
 
 @dataclass(frozen=True)
@@ -97,20 +100,32 @@ def choose(facts: DeviceFacts, budget_s: Optional[float], corpus_chars: int, tok
     compute = budget * speed
     if facts.bf16:
         o["precision"] = "bf16"
+    tokens = corpus_chars / (CHARS_PER_WORD if words else 1.0)
+
+    def epochs(rate: float, step_tokens: int) -> float:  # passes over the training text (90%) the budget gives
+        steps = max_steps if (max_steps and not budget_s) else compute * rate / step_tokens
+        return steps * step_tokens / max(1.0, 0.9 * tokens)
+
     if words:  # a word model's cost is its output layer: Zaremba's small LSTM, tied, as the ptb-small preset
+        rate, step_tokens = REFERENCE_RATE / 4, 32 * 35
+        dropout = 0.1 if corpus_chars >= 1_500_000 else 0.3
+        if epochs(rate, step_tokens) > MANY_EPOCHS["word"]:
+            dropout = 0.5
         o.update(hidden_size=200, embedding_size=200, tie_weights=True, num_layers=2, seq_len=35, batch_size=32,
-                 lr=3e-3, dropout=0.1 if corpus_chars >= 1_500_000 else 0.3)
+                 lr=3e-3, dropout=dropout)
         if layout == "stream":
             o["state_span"] = 1_000_000
-        rate, step_tokens = REFERENCE_RATE / 4, 32 * 35
         why.append("word level: a 2x200 LSTM with tied embeddings" +
-                   (", dropout 0.3 for a small corpus" if o["dropout"] > 0.1 else ""))
+                   (f", dropout {dropout:g} for a small corpus" if dropout > 0.1 else ""))
     else:
         small = corpus_chars < 300_000
         if compute >= WIDE_FROM and not small:
-            o.update(hidden_size=384, num_layers=2, embedding_size=64, dropout=0.1, seq_len=64, batch_size=64)
             rate, step_tokens = REFERENCE_RATE * 0.45, 64 * 64
-            why.append(f"{_minutes(compute)} 2-core float32 minutes: a 2x384 LSTM with dropout 0.1")
+            passes = epochs(rate, step_tokens)
+            dropout = 0.3 if passes > MANY_EPOCHS["char"] else 0.1
+            o.update(hidden_size=384, num_layers=2, embedding_size=64, dropout=dropout, seq_len=64, batch_size=64)
+            why.append(f"{_minutes(compute)} 2-core float32 minutes: a 2x384 LSTM with dropout {dropout:g}" +
+                       (f" ({passes:.0f} passes over the text)" if dropout > 0.1 else ""))
         else:
             o.update(hidden_size=256, num_layers=2, embedding_size=64, seq_len=64, batch_size=32,
                      dropout=0.2 if small and compute >= WIDE_FROM else 0.0)
@@ -123,7 +138,10 @@ def choose(facts: DeviceFacts, budget_s: Optional[float], corpus_chars: int, tok
             o.pop("seq_len")  # a record's length, not a window's
     o["order"] = _order(corpus_chars, words)
     steps = max_steps if (max_steps and not budget_s) else int(compute * rate / step_tokens)
-    o["eval_every"] = max(50, int(round(steps / EVALUATIONS / 50.0)) * 50)
+    # about EVALUATIONS times a budget, and at least every EVAL_EPOCHS passes over a small text, so the
+    # best checkpoint is taken before the RNN overfits it
+    every = min(steps / EVALUATIONS, EVAL_EPOCHS * 0.9 * tokens / step_tokens)
+    o["eval_every"] = max(50, int(round(every / 50.0)) * 50)
     return Choice(o, _say(o, why, facts, budget_s))
 
 
