@@ -176,7 +176,7 @@ def soak(work: Path, kills: int = 20, seed: int = 0, steps: int = STEPS, text: O
                 if x.strip() and "loss" in json.loads(x)]
 
     report.update(
-        final_step=_step(killed), differing_tensors=differ, differing_best_weights=differ_best,
+        final_step=_step(killed), tensors=len(a), differing_tensors=differ, differing_best_weights=differ_best,
         metrics_steps_once=bool(logged(killed)) and logged(killed) == logged(full),
         temporaries_left=temporaries(killed), unreadable=[r for r in rows if r["unreadable"]],
         other_exits=[r for r in rows if r["rc"] not in (0, -9)])
@@ -198,7 +198,7 @@ def summary(report: Dict[str, Any]) -> str:
              f"{sum(bool(r['temporaries']) for r in report['runs'])}"]
     if "differing_tensors" in report:
         lines.append(f"final step {report['final_step']}; tensors differing from the uninterrupted run: "
-                     f"{len(report['differing_tensors'])} (resume.pt), {len(report['differing_best_weights'])} "
+                     f"{len(report['differing_tensors'])} of {report['tensors']} (resume.pt), {len(report['differing_best_weights'])} "
                      f"(model.safetensors); metrics.jsonl has each step once: {report['metrics_steps_once']}; "
                      f"unreadable after a kill: {len(report['unreadable'])}; temporaries at the end: "
                      f"{len(report['temporaries_left'])}")
