@@ -97,20 +97,14 @@ def temporaries(run: Path) -> List[str]:
     return sorted(p.name for p in run.glob(".*.tmp")) if run.exists() else []
 
 
+# the moment of each kind of kill: the N-th pass of a crash point, or seconds after the start
+MOMENTS = {"step": lambda rng: rng.randint(1, 14), "eval": lambda rng: rng.randint(1, 6),
+           "write": lambda rng: rng.randint(1, 6), "time": lambda rng: f"{rng.uniform(1.0, 4.0):.2f}"}
+
+
 def plan(kills: int, rng: random.Random) -> List[str]:
     """The kills, in turn over the four kinds, each with its random moment."""
-    out = []
-    for i in range(kills):
-        kind = KINDS[i % len(KINDS)]
-        if kind == "step":
-            out.append(f"step:{rng.randint(1, 14)}")
-        elif kind == "eval":
-            out.append(f"eval:{rng.randint(1, 6)}")
-        elif kind == "write":
-            out.append(f"write:{rng.randint(1, 6)}")
-        else:
-            out.append(f"time:{rng.uniform(1.0, 4.0):.2f}")
-    return out
+    return [f"{kind}:{MOMENTS[kind](rng)}" for kind in (KINDS[i % len(KINDS)] for i in range(kills))]
 
 
 def kill_once(text: Path, run: Path, fault: str, steps: int, timeout: float = 300) -> Dict[str, Any]:
