@@ -2,6 +2,7 @@
 
     pip install atheris                                   # a wheel exists for CPython 3.8-3.11 on Linux x86-64
     python benchmarks/fuzz_atheris.py all --seconds 60    # each target 60 s in its own process, then a table
+    python benchmarks/fuzz_atheris.py all --seconds 60 --only config,weights
     python benchmarks/fuzz_atheris.py corpus -max_total_time=300 -rss_limit_mb=2048   # one target, libFuzzer flags
 
 Targets: ``corpus`` (bytes as a .txt/.csv/.tsv/.jsonl/.md file, with random
@@ -38,6 +39,7 @@ FIELDS = [(), ("0",), ("1",), ("0", "1"), ("title",), ("text",)]
 def make_run(root: Path) -> Path:
     import genrnn
 
+    root.mkdir(parents=True, exist_ok=True)
     text = root / "text.txt"
     text.write_text("\n".join(f"the cat {i} sat on the mat." for i in range(200)) + "\n", encoding="utf-8")
     genrnn.train(str(text), out=root / "run", max_steps=2, hidden_size=16, num_layers=1, embedding_size=8,
@@ -142,10 +144,10 @@ def write_seeds(target: str, folder: Path, good) -> None:
         (folder / f"seed{i}").write_bytes(blob)
 
 
-def run_all(seconds: float) -> int:
+def run_all(seconds: float, targets=TARGETS) -> int:
     """Each target in its own process for ``seconds``; a markdown table of runs and crashes."""
     rows, failed = [], 0
-    for target in TARGETS:
+    for target in targets:
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, __file__, target, f"-max_total_time={int(seconds)}",
                               "-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"],
@@ -171,7 +173,8 @@ def main() -> int:
         return 2
     if sys.argv[1] == "all":
         seconds = float(sys.argv[sys.argv.index("--seconds") + 1]) if "--seconds" in sys.argv else 60.0
-        return run_all(seconds)
+        only = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else TARGETS
+        return run_all(seconds, only)
     fuzz(sys.argv[1], sys.argv[2:])
     return 0
 
