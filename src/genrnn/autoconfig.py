@@ -102,9 +102,11 @@ def choose(facts: DeviceFacts, budget_s: Optional[float], corpus_chars: int, tok
         o["precision"] = "bf16"
     tokens = corpus_chars / (CHARS_PER_WORD if words else 1.0)
 
+    def steps_at(rate: float, step_tokens: int) -> float:  # the steps the budget gives at this rate
+        return max_steps if (max_steps and not budget_s) else compute * rate / step_tokens
+
     def epochs(rate: float, step_tokens: int) -> float:  # passes over the training text (90%) the budget gives
-        steps = max_steps if (max_steps and not budget_s) else compute * rate / step_tokens
-        return steps * step_tokens / max(1.0, 0.9 * tokens)
+        return steps_at(rate, step_tokens) * step_tokens / max(1.0, 0.9 * tokens)
 
     if words:  # a word model's cost is its output layer: Zaremba's small LSTM, tied, as the ptb-small preset
         rate, step_tokens = REFERENCE_RATE / 4, 32 * 35
@@ -137,7 +139,7 @@ def choose(facts: DeviceFacts, budget_s: Optional[float], corpus_chars: int, tok
         if layout == "lines":
             o.pop("seq_len")  # a record's length, not a window's
     o["order"] = _order(corpus_chars, words)
-    steps = max_steps if (max_steps and not budget_s) else int(compute * rate / step_tokens)
+    steps = int(steps_at(rate, step_tokens))
     # about EVALUATIONS times a budget, and at least every EVAL_EPOCHS passes over a small text, so the
     # best checkpoint is taken before the RNN overfits it
     every = min(steps / EVALUATIONS, EVAL_EPOCHS * 0.9 * tokens / step_tokens)
