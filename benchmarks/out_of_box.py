@@ -9,7 +9,7 @@ Configurations: ``new`` is what ``genrnn train CORPUS --time B`` picks by
 itself (``autoconfig.choose``: the mixture, batch and width for this device,
 budget and corpus); ``old`` is the previous defaults (a plain 2x256 LSTM,
 64x128 batches, float32), with the 5-gram baseline reported beside it;
-``cpu-3m``/``cpu-10m`` are the presets with the budget given. Every run
+``adaptive`` is ``new`` with ``--adaptive-softmax`` (word level: untied); ``cpu-3m``/``cpu-10m`` are the presets with the budget given. Every run
 appends one JSON line to ``--results`` with its steps, tokens/s and the
 validation figures the trainer reports (the mixture's, its RNN's and its
 n-gram's, all on the same validation tokens). PTB runs also report test
@@ -58,6 +58,7 @@ def corpora() -> Dict[str, Dict[str, Any]]:
 
 CONFIGS = {
     "new": {},
+    "adaptive": {"adaptive_softmax": "auto"},  # the defaults with an adaptive softmax (untied: word level)
     "old": {"type": "rnn", "baseline": 5},
     "cpu-3m": {"preset": "cpu-3m"},
     "cpu-10m": {"preset": "cpu-10m"},
@@ -96,7 +97,8 @@ def train_one(name: str, spec: Dict[str, Any], config: str, budget: float, out: 
            "mix_weight": best.get("mix_weight"), "model": cfg["model"]["type"],
            "shape": f"{cfg['model']['num_layers']}x{cfg['model']['hidden_size']}",
            "batch": f"{cfg['data']['batch_size']}x{cfg['data']['seq_len']}", "precision": cfg["train"]["precision"],
-           "dropout": cfg["model"]["dropout"], "eval_every": cfg["train"]["eval_every"]}
+           "dropout": cfg["model"]["dropout"], "eval_every": cfg["train"]["eval_every"],
+           "softmax": cfg["model"].get("adaptive_softmax") or "full", "tied": cfg["model"]["tie_weights"]}
     if preset:
         row["preset"] = preset
     if spec.get("test"):

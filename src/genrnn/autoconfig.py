@@ -77,11 +77,12 @@ class Choice:
 
 
 def choose(facts: DeviceFacts, budget_s: Optional[float], corpus_chars: int, tokenizer: str = "char",
-           layout: str = "stream", max_steps: Optional[int] = None) -> Choice:
+           layout: str = "stream", max_steps: Optional[int] = None, adaptive: bool = False) -> Choice:
     """The options for a run on ``facts``'s device, with a time budget of
     ``budget_s`` seconds over a training text of ``corpus_chars`` characters.
     Without a time budget, ``max_steps`` (of the 32x64 steps) stands for one;
-    with neither, the default 5 minutes."""
+    with neither, the default 5 minutes. With an ``adaptive`` softmax the
+    word model's output layer is its own, not tied to the embedding."""
     speed = max(1.0, facts.threads / 2) * (BF16_SPEEDUP if facts.bf16 else 1.0)
     if budget_s:
         budget = budget_s
@@ -113,11 +114,11 @@ def choose(facts: DeviceFacts, budget_s: Optional[float], corpus_chars: int, tok
         dropout = 0.1 if corpus_chars >= 1_500_000 else 0.3
         if epochs(rate, step_tokens) > MANY_EPOCHS["word"]:
             dropout = 0.5
-        o.update(hidden_size=200, embedding_size=200, tie_weights=True, num_layers=2, seq_len=35, batch_size=32,
-                 lr=3e-3, dropout=dropout)
+        o.update(hidden_size=200, embedding_size=200, tie_weights=not adaptive, num_layers=2, seq_len=35,
+                 batch_size=32, lr=3e-3, dropout=dropout)
         if layout == "stream":
             o["state_span"] = 1_000_000
-        why.append("word level: a 2x200 LSTM with tied embeddings" +
+        why.append("word level: a 2x200 LSTM" + (" with an adaptive softmax" if adaptive else " with tied embeddings") +
                    (f", dropout {dropout:g} for a small corpus" if dropout > 0.1 else ""))
     else:
         small = corpus_chars < 300_000

@@ -131,6 +131,11 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--embedding-size", type=int, default=S, help="input embedding width; 0 = one-hot input (default: 64)")
     m.add_argument("--dropout", type=float, default=S, help="dropout between layers and on outputs (default: 0)")
     m.add_argument("--tie-weights", action="store_true", default=S, help="share input embedding and output weights")
+    m.add_argument("--adaptive-softmax", nargs="?", const="auto", default=S, metavar="CUTOFFS",
+                   help="an adaptive softmax (Grave et al. 2017) for a large word vocabulary: the most frequent "
+                        "tokens get full output rows, rarer ones narrower clusters, so training is faster; "
+                        "log-probabilities stay exact. CUTOFFS: the clusters' first token ids, e.g. 2000,10000 "
+                        "(default: auto, 2000 and then x5 below the vocabulary size)")
     m.add_argument("--condition-dim", type=int, default=S, help="width of the learned condition embedding (default: 64)")
     m.add_argument("--condition-every-step", action=argparse.BooleanOptionalAction, default=S,
                    help="feed the condition embedding at every step as well as into the initial state "
@@ -156,7 +161,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=S, help="CPU threads (default: PyTorch's choice)")
     t.add_argument("--init-from", metavar="RUN", default=S,
                    help="start from a trained run's weights: its shape and tokenizer, its vocabulary extended by "
-                        "the new text's tokens (new rows start as the mean of the old ones)")
+                        "the new text's tokens (new rows start as the mean of the old ones). RUN: a run folder, or "
+                        "'english', the built-in character model (see the README)")
     t.add_argument("--baseline", type=int, default=S, metavar="ORDER",
                    help="order of the Kneser-Ney baseline fitted beside a --model rnn run and reported with its "
                         "validation loss; 0 = none (default: 5; a mixture's baseline is its own n-gram)")

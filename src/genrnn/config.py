@@ -44,6 +44,8 @@ class ModelConfig:
     num_layers: int = 2
     dropout: float = 0.0
     tie_weights: bool = False
+    # "" a full softmax; "auto" or cutoffs such as "2000,10000": an adaptive softmax (models/output.py)
+    adaptive_softmax: str = ""
     order: int = 5  # types "markov" and "mixture": n-gram order (the context is order-1 tokens)
     # What the text is generated from (one-to-many): nothing, a label, a vector or an image.
     # condition_size: the number of labels, the vector's width, or the image's side in pixels.
@@ -80,6 +82,9 @@ class ModelConfig:
             raise GenrnnError("--embedding-size must be >= 0 (0 means one-hot input)")
         if not 0.0 <= self.dropout < 1.0:
             raise GenrnnError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.adaptive_softmax and self.tie_weights:
+            raise GenrnnError("--adaptive-softmax has its own output weights per cluster: it cannot be tied to the "
+                              "embedding; leave out --tie-weights")
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise GenrnnError(
                 "--tie-weights shares the embedding with the output layer, so it needs "

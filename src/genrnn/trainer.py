@@ -343,7 +343,8 @@ class Trainer:
         if t.epochs and not t.max_steps:  # in the 32x64 steps the estimate counts in
             steps = int(t.epochs * chars / (32 * 64) / (5 if config.data.tokenizer != "char" else 1)) + 1
         budget = t.time if (t.time or steps) else DEFAULT_TIME
-        choice = autoconfig.choose(facts, budget, chars, config.data.tokenizer, config.data.layout, steps)
+        choice = autoconfig.choose(facts, budget, chars, config.data.tokenizer, config.data.layout, steps,
+                                   adaptive=bool(config.model.adaptive_softmax))
         options = {k: v for k, v in choice.options.items() if k not in explicit}
         reason = choice.reason
         if t.init_from:  # the network's shape is the parent's

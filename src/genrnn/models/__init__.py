@@ -5,7 +5,9 @@ Every model is an ``nn.Module`` with::
     forward(idx, targets=None, state=None) -> (logits, loss, state)
         idx      (B, T) int64 token ids
         targets  (B, T) int64, -100 where there is nothing to predict (padding)
-        logits   (B, T, V)
+        logits   (B, T, V): scores whose log-softmax is the next-token log-probabilities
+                 (an adaptive softmax gives those themselves); None from a model in
+                 training mode that computes its loss without them (models/output.py)
         loss     mean cross-entropy over non-ignored targets, or None
         state    recurrent state to carry into the next call (None: zeros)
 

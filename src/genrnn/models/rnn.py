@@ -1,8 +1,9 @@
-"""Recurrent language model: (embedding | one-hot) -> RNN/LSTM/GRU -> linear.
+"""Recurrent language model: (embedding | one-hot) -> RNN/LSTM/GRU -> softmax layer.
 
 Uses PyTorch's fused ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (cuDNN on GPU, oneDNN on
 CPU) with ``batch_first=True``. With ``embedding_size=0`` the input is a one-hot
-vector, exactly the lesson's model (``nn.LSTM(vocab, 64)`` + Linear).
+vector, exactly the lesson's model (``nn.LSTM(vocab, 64)`` + Linear). The
+output layer is a linear one or an adaptive softmax (:mod:`.output`).
 
 The recurrent state is an ``(h, c)`` tuple for LSTM and a tensor ``h`` for GRU
 and RNN, each ``(num_layers, B, hidden_size)``.
@@ -46,6 +47,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..config import ModelConfig
 from ..errors import GenrnnError
 from ..state import map_state
+from . import output
 from .encoders import ENCODERS
 
 State = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor], None]
@@ -207,7 +209,7 @@ class RNNLM(nn.Module):
             self.rnn = StackedRNN(cell, in_size, H, L, config.dropout)
         else:  # one fused call for all layers (cuDNN / oneDNN)
             self.rnn = cell(input_size=in_size, hidden_size=H, num_layers=L, batch_first=True)
-        self.head = nn.Linear(H, V)
+        self.head = output.build(H, V, config.adaptive_softmax)  # a full or an adaptive softmax (.output)
         if config.tie_weights:  # Press & Wolf 2017; sizes checked in ModelConfig.validate
             self.head.weight = self.embedding.weight
         first = self.rnn.layers[0] if isinstance(self.rnn, StackedRNN) else self.rnn
@@ -289,7 +291,7 @@ class RNNLM(nn.Module):
     def _inputs(self, idx: torch.Tensor, feat: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.embedding is None:
             # the lesson's one-hot input; float32 even under autocast is fine
-            x = F.one_hot(idx, self.config.vocab_size).to(self.head.weight.dtype)  # (B, T, V)
+            x = F.one_hot(idx, self.config.vocab_size).to(self._step_params()[0].dtype)  # (B, T, V)
         else:
             x = self.embedding(idx)  # (B, T, E)
         if self.feed:  # the condition beside every token: (B, T, E + C)
@@ -302,10 +304,13 @@ class RNNLM(nn.Module):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor], State]:
         rnn_state, context = self.split_state(state)
         out, rnn_state = self.rnn(self._inputs(idx, context[0]), rnn_state)  # (B, T, H)
-        logits = self.head(self.drop(self._attend(out, context)))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            # loss in float32 even under bf16 autocast; -100 marks padding
+        out = self.drop(self._attend(out, context))
+        if targets is None:
+            return output.scores(self.head, out), None, self._join(rnn_state, context)  # (B, T, V)
+        if self.training:  # an adaptive softmax's loss needs no full logits: None
+            logits, loss = output.training_loss(self.head, out, targets)
+        else:  # the exact figures of the whole distribution
+            logits = output.scores(self.head, out)
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss, self._join(rnn_state, context)
 
@@ -317,12 +322,12 @@ class RNNLM(nn.Module):
         x = self._inputs(idx, context[0])
         if bool((lengths == idx.shape[1]).all()):  # no padding: skip the packing
             out, rnn_state = self.rnn(x, rnn_state)
-            return self.head(self._attend(out[:, -1], context)), self._join(rnn_state, context)
+            return output.scores(self.head, self._attend(out[:, -1], context)), self._join(rnn_state, context)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, rnn_state = self.rnn(packed, rnn_state)  # the state is taken after each row's own last token
         out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T, H)
         last = out[torch.arange(idx.shape[0], device=idx.device), lengths.to(idx.device) - 1]  # (B, H)
-        return self.head(self._attend(last, context)), self._join(rnn_state, context)
+        return output.scores(self.head, self._attend(last, context)), self._join(rnn_state, context)
 
     def step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         """One generation step: ``idx`` (B,) -> logits (B, V).
@@ -377,7 +382,7 @@ class RNNLM(nn.Module):
     def _module_step(self, idx: torch.Tensor, state: State) -> Tuple[torch.Tensor, State]:
         rnn_state, context = self.split_state(state)
         out, rnn_state = self.rnn(self._inputs(idx[:, None], context[0]), rnn_state)  # (B, 1, H)
-        return self.head(self._attend(out[:, 0], context)), self._join(rnn_state, context)
+        return output.scores(self.head, self._attend(out[:, 0], context)), self._join(rnn_state, context)
 
     def _step_params(self) -> List[torch.Tensor]:
         """weight_ih, weight_hh, bias_ih, bias_hh of each layer (fused or
@@ -453,7 +458,7 @@ class RNNLM(nn.Module):
             hs.append(x)
             if c_i is not None:
                 cs.append(c_i)
-        logits = F.linear(self._attend(x, context), self.head.weight, self.head.bias)
+        logits = output.scores(self.head, self._attend(x, context))
         h_new = hs[0][None] if L == 1 else torch.stack(hs)
         if cell != "lstm":
             return logits, self._join(h_new, context)
