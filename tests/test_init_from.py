@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +89,82 @@ def test_a_markov_parent_is_refused(tmp_path):
     genrnn.train(tmp_path / "a.txt", out=tmp_path / "kn", type="markov", order=3, sample_every=0)
     with pytest.raises(genrnn.GenrnnError, match="no network weights"):
         genrnn.train(tmp_path / "a.txt", out=tmp_path / "x", init_from=str(tmp_path / "kn"), max_steps=1)
+
+
+def test_the_transferred_network_gives_the_parents_logits_on_the_old_tokens(parent):
+    from genrnn.config import ModelConfig
+    from genrnn.initfrom import transfer
+    from genrnn.models import build_model
+
+    V = parent.tokenizer.vocab_size
+    m = parent.config.model
+    child = build_model(ModelConfig(**{**m.__dict__, "vocab_size": V + 3})).eval()
+    transfer(parent.model, child, V)  # what a run fine-tuned with zero steps holds
+    x = torch.tensor([parent.tokenizer.encode("the cat sat on a mat")])
+    with torch.no_grad():
+        want, _, _ = parent.model.eval()(x)
+        got, _, _ = child(x)
+    assert torch.equal(got[..., :V], want)  # bitwise: the same rows, the same arithmetic
+
+
+def test_a_corrupt_parent_is_a_clear_error(parent, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(parent.run_dir, broken)
+    weights = broken / ckpt.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-100])
+    (tmp_path / "b.txt").write_text(text(50))
+    with pytest.raises(genrnn.GenrnnError, match="corrupt|truncated|sha256"):
+        genrnn.train(tmp_path / "b.txt", out=tmp_path / "x", init_from=str(broken), max_steps=1)
+
+
+def test_the_built_in_english_model_is_a_starting_point(tmp_path):
+    from genrnn import pretrained
+
+    (tmp_path / "b.txt").write_text(text(100, extra=" ☃"))  # a snowman: not in the built-in vocabulary
+    child = genrnn.train(tmp_path / "b.txt", out=tmp_path / "c", init_from="english", max_steps=2, sample_every=0,
+                         device="cpu")
+    english = genrnn.load(pretrained.resolve("english"))
+    assert english.config.model.hidden_size == child.config.model.hidden_size == 256
+    assert child.tokenizer.vocab_size == english.tokenizer.vocab_size + 1
+    assert child.tokenizer.token_str(english.tokenizer.vocab_size) == "☃"
+    assert child.config.train.init_from == "english"
+    # it knows English before it has seen any of ours: far below a uniform guess over its characters
+    val = english.evaluate(tmp_path / "b.txt")
+    assert val["loss"] < 0.6 * math.log(english.tokenizer.vocab_size)
+
+
+def test_a_folder_named_like_a_built_in_model_wins(tmp_path, monkeypatch):
+    from genrnn import pretrained
+
+    monkeypatch.chdir(tmp_path)
+    assert pretrained.resolve("english") == pretrained.HERE / "english"
+    (tmp_path / "english").mkdir()
+    assert pretrained.resolve("english") == Path("english")
+    assert pretrained.resolve("runs/x") == Path("runs/x")
+
+
+def test_genrnn_sample_takes_the_built_in_name(capsys):
+    from genrnn.cli import main
+
+    assert main(["sample", "english", "--prompt", "The ", "--length", "40", "--seed", "0", "--temperature", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("The ") and len(out) >= 40
+
+
+@pytest.mark.parametrize("dropouts", [(0.1, 0.0), (0.0, 0.2)])
+def test_weights_move_between_runs_with_and_without_dropout(dropouts):
+    """Dropout between layers switches the network to single-layer modules (other parameter names)."""
+    from genrnn.config import ModelConfig
+    from genrnn.initfrom import transfer
+    from genrnn.models import build_model
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=16, num_layers=2, embedding_size=8)
+    parent = build_model(ModelConfig(vocab_size=20, dropout=dropouts[0], **shape)).eval()
+    child = build_model(ModelConfig(vocab_size=22, dropout=dropouts[1], **shape)).eval()
+    transfer(parent, child, 20)
+    x = torch.randint(3, 20, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(child(x)[0][..., :20], parent(x)[0], atol=1e-6, rtol=0)

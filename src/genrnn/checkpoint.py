@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import __version__
+from . import __version__, pretrained
 from ._io import atomic_write_bytes, atomic_write_text
 from .conditions import ConditionSpec
 from .config import FORMAT_VERSION, RunConfig
@@ -79,7 +79,7 @@ def read_condition(run_dir: Path) -> Optional[ConditionSpec]:
 def read_config(run_dir: Path) -> Tuple[RunConfig, Tokenizer, Dict[str, Any]]:
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise GenrnnError(f"no run folder at {run_dir}")
+        raise GenrnnError(f"no run folder at {run_dir} (built-in models: {', '.join(pretrained.MODELS)})")
     if not run_dir.is_dir():
         raise GenrnnError(f"{run_dir} is a file, not a run folder (give the folder that holds {CONFIG})")
     path = run_dir / CONFIG
@@ -246,10 +246,11 @@ class LoadedRun:
 
 
 def load_run(run_dir, device: torch.device = torch.device("cpu")) -> LoadedRun:
-    """Config, tokenizer and best weights of a run, ready for sampling."""
+    """Config, tokenizer and best weights of a run (a folder, or a built-in
+    model's name: :mod:`.pretrained`), ready for sampling."""
     from .models import build_model  # local: models import config, not checkpoint
 
-    run_dir = Path(run_dir)
+    run_dir = pretrained.resolve(run_dir)
     config, tokenizer, corpus = read_config(run_dir)
     if config.model.vocab_size != tokenizer.vocab_size:
         raise GenrnnError(

@@ -28,11 +28,12 @@ from .config import RunConfig
 from .errors import GenrnnError
 from .tokenizers import SPECIALS
 
-SHAPE = ("cell", "embedding_size", "hidden_size", "num_layers", "tie_weights")
+SHAPE = ("cell", "embedding_size", "hidden_size", "num_layers", "tie_weights", "adaptive_softmax")
 
 
 def read_parent(run_dir: Path) -> ckpt.LoadedRun:
-    parent = ckpt.load_run(Path(run_dir))
+    """The run to start from: a run folder, or a built-in model's name (:mod:`.pretrained`)."""
+    parent = ckpt.load_run(run_dir)
     m = parent.config.model
     if m.type not in ("rnn", "mixture"):
         raise GenrnnError(f"--init-from {run_dir}: a {m.type} model has no network weights to start from; "
@@ -75,8 +76,14 @@ def transfer(parent: nn.Module, child: nn.Module, parent_vocab: int) -> Dict[str
     """Copy the parent network's weights into the child's, whose vocabulary
     extends the parent's from id ``parent_vocab`` on: along every dimension
     that is the vocabulary, the parent's slices are copied and the new ones
-    set to the mean of the parent's regular tokens' slices."""
-    src, dst = _network(parent).state_dict(), _network(child).state_dict()
+    set to the mean of the parent's regular tokens' slices. (An adaptive
+    softmax's last cluster, which the new tokens join, grows the same way,
+    its new rows the mean of that cluster's.)"""
+    from .models.rnn import fused_name
+
+    # by the fused module's names: a parent with dropout (StackedRNN) fits a child without, and back
+    src = {fused_name(k): v for k, v in _network(parent).state_dict().items()}
+    dst = {fused_name(k): v for k, v in _network(child).state_dict().items()}
     child_vocab = _network(child).config.vocab_size
     if src.keys() != dst.keys():
         raise GenrnnError("the parent run's network does not match the new run's (different parts)")
@@ -87,12 +94,13 @@ def transfer(parent: nn.Module, child: nn.Module, parent_vocab: int) -> Dict[str
             target.copy_(source)
             continue
         dims = [d for d in range(target.dim()) if source.shape[d] != target.shape[d]]
-        if any(source.shape[d] != parent_vocab or target.shape[d] != child_vocab for d in dims):
+        if any(target.shape[d] - source.shape[d] != child_vocab - parent_vocab for d in dims):
             raise GenrnnError(f"the parent run's {name} has shape {tuple(source.shape)}, the new run needs "
                               f"{tuple(target.shape)}")
         grown = source
         for d in dims:
-            regular = grown.narrow(d, len(SPECIALS), parent_vocab - len(SPECIALS))
+            whole = source.shape[d] == parent_vocab  # the whole vocabulary, not a cluster of it
+            regular = grown.narrow(d, len(SPECIALS), parent_vocab - len(SPECIALS)) if whole else grown
             mean = regular.mean(dim=d, keepdim=True)
             grown = torch.cat([grown, mean.expand(*[child_vocab - parent_vocab if i == d else -1
                                                     for i in range(grown.dim())])], dim=d)

@@ -36,6 +36,7 @@ a single time step. Training, evaluation and ``prefill`` keep the fused modules.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
@@ -190,6 +191,17 @@ class StackedRNN(nn.Module):
         if isinstance(finals[0], tuple):  # LSTM: (h, c)
             return x, tuple(torch.cat(parts) for parts in zip(*finals))
         return x, torch.cat(finals)
+
+
+_STACKED_NAME = re.compile(r"(^|\.)rnn\.layers\.(\d+)\.(\w+)_l0$")
+
+
+def fused_name(name: str) -> str:
+    """A parameter's name as the fused module spells it: ``rnn.layers.1.weight_ih_l0``
+    (a :class:`StackedRNN`, used with dropout) -> ``rnn.weight_ih_l1``. The two
+    hold the same tensors, so weights move between a run with dropout and one
+    without (``--init-from``) by these names."""
+    return _STACKED_NAME.sub(lambda m: f"{m.group(1)}rnn.{m.group(3)}_l{m.group(2)}", name)
 
 
 class RNNLM(nn.Module):
