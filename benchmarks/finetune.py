@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import genrnn
+from genrnn.initfrom import LR_SCALE
 
 STARTS = ("scratch", "english", "shakespeare")
 SMALL_BYTES = 50_000
@@ -78,19 +79,20 @@ def speed(args) -> List[Dict[str, Any]]:
     rows = []
     for budget_text in args.budget:
         budget = seconds(budget_text)
-        for start in STARTS:
-            opts: Dict[str, Any] = {}
+        for start in args.start or STARTS:
+            opts: Dict[str, Any] = {"lr": args.lr} if args.lr else {}
             if start == "english":
                 opts["init_from"] = "english"
             elif start == "shakespeare":
                 opts["init_from"] = str(args.shakespeare)
-            run_dir = out / f"{start}-{int(budget)}s"
+            run_dir = out / (f"{start}-{int(budget)}s" + (f"-lr{args.lr:g}" if args.lr else ""))
             t0 = time.perf_counter()
             run = genrnn.train(corpus, out=run_dir, time=budget, eval_every=50, sample_every=0, seed=args.seed,
                                **opts)
             points = curve(run_dir)
             cfg = json.loads((run_dir / "config.json").read_text())["run"]
-            row = {"kind": "speed", "start": start, "budget_s": budget, "steps": run.result.step,
+            row = {"kind": "speed", "start": start, "budget_s": budget, "lr": args.lr,
+                   "lr_scale": 1.0 if args.lr or start == "scratch" else LR_SCALE, "steps": run.result.step,
                    "tokens_per_s": round(run.result.tokens_per_s), "wall_s": round(time.perf_counter() - t0, 1),
                    "best_loss": min(p["loss"] for p in points), "best_rnn_loss": min(p["rnn_loss"] for p in points),
                    "first_loss": points[0]["loss"], "first_step": points[0]["step"],
@@ -98,8 +100,8 @@ def speed(args) -> List[Dict[str, Any]]:
                    "dropout": cfg["model"]["dropout"], "vocab": run.tokenizer.vocab_size, "curve": points}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
-        scratch = next(r for r in rows if r["start"] == "scratch" and r["budget_s"] == budget)
-        for r in rows:
+        scratch = next((r for r in rows if r["start"] == "scratch" and r["budget_s"] == budget), None)
+        for r in rows if scratch else ():
             if r["budget_s"] == budget:
                 r["time_to_scratch_best"] = first_time_at(r["curve"], scratch["best_loss"])
                 r["scratch_best_at"] = first_time_at(scratch["curve"], scratch["best_loss"])
@@ -147,11 +149,16 @@ def symbols(args) -> List[Dict[str, Any]]:
 
 def table(path: Path) -> str:
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    out = ["| budget | start | shape, dropout | steps @ tokens/s | first validation (step) | best mixture | "
-           "its RNN part | reaches from-scratch's best at |", "|---|---|---|---|---:|---:|---:|---:|"]
-    for r in sorted((r for r in rows if r["kind"] == "speed"), key=lambda r: (r["budget_s"], STARTS.index(r["start"]))):
+    out = ["| budget | start | learning rate | shape, dropout | steps @ tokens/s | first validation (step) | "
+           "best mixture | its RNN part | reaches from-scratch's best at |", "|---|---|---|---|---|---:|---:|---:|---:|"]
+    speed_rows = [r for r in rows if r["kind"] == "speed"]
+    for r in sorted(speed_rows, key=lambda r: (r["budget_s"], STARTS.index(r["start"]), -r.get("lr_scale", 1.0))):
         reach = r.get("time_to_scratch_best")
-        out.append(f"| {r['budget_s'] / 60:g} min | {r['start']} | {r['shape']}, {r['dropout']:g} | "
+        if reach is None and r["start"] != "scratch":  # a later run: against the scratch run of its budget
+            scratch = next((x for x in speed_rows if x["start"] == "scratch" and x["budget_s"] == r["budget_s"]), None)
+            reach = scratch and first_time_at(r["curve"], scratch["best_loss"])
+        lr = f"{r['lr']:g}" if r.get("lr") else "automatic" + (f" x{r['lr_scale']:g}" if r.get("lr_scale", 1) != 1 else "")
+        out.append(f"| {r['budget_s'] / 60:g} min | {r['start']} | {lr} | {r['shape']}, {r['dropout']:g} | "
                    f"{r['steps']:,} @ {r['tokens_per_s']:,} | {r['first_loss']:.3f} ({r['first_step']}) | "
                    f"**{r['best_loss']:.3f}** | {r['best_rnn_loss']:.3f} | "
                    f"{'-' if reach is None else f'{reach:.0f} s'} |")
@@ -177,6 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--length", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", action="append", choices=STARTS, help="speed: the starts to run (default: all)")
+    p.add_argument("--lr", type=float, help="a learning rate for every run (default: the run's own)")
     args = p.parse_args(argv)
     if args.what == "table":
         print(table(Path(args.results or args.results_file)))

@@ -39,7 +39,9 @@ def test_auto_cutoffs_and_bad_ones():
     assert cutoffs("auto", 10_000) == [2000]
     assert cutoffs("auto", 33_278) == [2000, 10_000]
     assert cutoffs("100,400", 1000) == [100, 400]
-    for spec, vocab in (("auto", 1500), ("400,100", 1000), ("100,1000", 1000), ("0,10", 100), ("lots", 100)):
+    assert cutoffs("auto", 2000) == []  # a full softmax: a head would hold it all
+    assert isinstance(model(vocab_size=1500, adaptive_softmax="auto").head, torch.nn.Linear)
+    for spec, vocab in (("400,100", 1000), ("100,1000", 1000), ("0,10", 100), ("lots", 100)):
         with pytest.raises(GenrnnError, match="adaptive-softmax"):
             cutoffs(spec, vocab)
     with pytest.raises(GenrnnError, match="tie"):

@@ -67,12 +67,16 @@ def test_a_tiny_corpus_gets_a_short_ngram_and_no_wide_model():
     assert choose(CPU2, 120, 20_000).options["dropout"] == 0.0
 
 
-def test_word_level_gets_the_tied_small_lstm():
+def test_word_level_gets_the_small_lstm_tied_on_a_small_text_and_adaptive_on_a_large_one():
     o = choose(CPU2, 120, 5 * MB, tokenizer="whitespace").options
-    assert (o["hidden_size"], o["embedding_size"], o["tie_weights"], o["seq_len"]) == (200, 200, True, 35)
+    assert (o["hidden_size"], o["embedding_size"], o["tie_weights"], o["seq_len"]) == (200, 200, False, 35)
+    assert o["adaptive_softmax"] == "auto"
     assert o["order"] == 5 and o["dropout"] == 0.1 and o["state_span"] > 1
     small = choose(CPU2, 120, 150_000, tokenizer="word").options
     assert small["order"] == 4 and small["dropout"] == 0.3
+    assert small["tie_weights"] and "adaptive_softmax" not in small
+    asked = choose(CPU2, 120, 150_000, tokenizer="word", adaptive=True).options
+    assert not asked["tie_weights"]
 
 
 def test_lines_layout_keeps_the_record_length():

@@ -168,3 +168,21 @@ def test_weights_move_between_runs_with_and_without_dropout(dropouts):
     x = torch.randint(3, 20, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(child(x)[0][..., :20], parent(x)[0], atol=1e-6, rtol=0)
+
+
+def test_a_child_takes_a_tenth_of_the_automatic_learning_rate_unless_given_one(parent, tmp_path):
+    from genrnn.config import auto_lr
+    from genrnn.initfrom import LR_SCALE
+
+    (tmp_path / "b.txt").write_text(text(100, seed=4))
+
+    def peak(run_dir) -> float:
+        lines = [json.loads(x) for x in (run_dir / ckpt.METRICS).read_text().splitlines()]
+        return max(x["lr"] for x in lines if "lr" in x)
+
+    opts = dict(max_steps=20, log_every=1, sample_every=0, device="cpu", init_from=str(parent.run_dir))
+    child = genrnn.train(tmp_path / "b.txt", out=tmp_path / "c", **opts)
+    want = auto_lr(child.config.model) * LR_SCALE
+    assert want * 0.8 < peak(tmp_path / "c") <= want * (1 + 1e-9)
+    given = genrnn.train(tmp_path / "b.txt", out=tmp_path / "g", lr=5e-3, **opts)
+    assert peak(given.run_dir) == pytest.approx(5e-3, rel=0.2)

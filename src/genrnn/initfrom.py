@@ -28,6 +28,11 @@ from .config import RunConfig
 from .errors import GenrnnError
 from .tokenizers import SPECIALS
 
+# The default learning rate of a run started from another is the automatic one times this. At the full
+# rate (1e-2 for a 2x256) the first validation, 50 steps in (still in the warmup), was the best: the
+# first steps undid what the parent knew (docs/benchmarks.md, "Starting from a trained model").
+LR_SCALE = 0.1
+
 SHAPE = ("cell", "embedding_size", "hidden_size", "num_layers", "tie_weights", "adaptive_softmax")
 
 

@@ -306,11 +306,14 @@ class Trainer:
                 raise GenrnnError(f"--batch-size {self.data.train.batch_size} must be a multiple of the "
                                   f"{self.dist.world_size} processes (each trains on an equal share of a batch)")
         # DDP averages the gradients of the ranks' shards in backward()
-        # a model's fitted tables (the mixture's n-gram) are the same on every rank: never broadcast
+        # a model's fitted tables (the mixture's n-gram) are the same on every rank: never broadcast;
+        # an adaptive softmax's cluster that no target of a rank's shard falls in gets no gradient there
         self.train_model = self.model if not self.dist.enabled else nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.runtime.device.index] if self.runtime.device.type == "cuda" else None,
-            broadcast_buffers=not callable(getattr(self.model, "fit", None)))
-        self.lr = config.train.lr or auto_lr(config.model)
+            broadcast_buffers=not callable(getattr(self.model, "fit", None)),
+            find_unused_parameters=bool(config.model.adaptive_softmax))
+        # a run started from trained weights takes smaller steps by default: they start near a good place
+        self.lr = config.train.lr or auto_lr(config.model) * (initfrom.LR_SCALE if config.train.init_from else 1.0)
         self.optimizer = None if self.fitted else make_optimizer(self.model, self.lr, config, self.runtime)
         self.scaler = torch.amp.GradScaler("cuda") if self.runtime.needs_scaler else None
         self.progress = Progress()

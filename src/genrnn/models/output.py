@@ -25,15 +25,19 @@ import torch.nn.functional as F
 
 from ..errors import GenrnnError
 
-FIRST_CUTOFF = 2000  # "auto": the head holds the 2,000 most frequent tokens ...
+FIRST_CUTOFF = 2000  # "auto": the head holds the 2,000 most frequent tokens (a full softmax up to 2,000) ...
 GROWTH = 5  # ... and each further cluster is 5x as far down the list
 DIV_VALUE = 4.0  # each cluster's projection is 4x narrower than the last (PyTorch's default)
 
 
 def cutoffs(spec: str, vocab_size: int) -> List[int]:
     """The cluster boundaries for ``spec`` ("auto" or "2000,10000") and a
-    vocabulary of ``vocab_size`` tokens; a clear error where they do not fit."""
+    vocabulary of ``vocab_size`` tokens; a clear error where they do not fit.
+    "auto" gives none (a full softmax) for a vocabulary of 2,000 tokens or
+    fewer, where a head would hold nearly everything anyway."""
     if spec == "auto":
+        if vocab_size <= FIRST_CUTOFF:
+            return []
         out, c = [], FIRST_CUTOFF
         while c < vocab_size:
             out.append(c)
@@ -46,15 +50,15 @@ def cutoffs(spec: str, vocab_size: int) -> List[int]:
                               f"got {spec!r}") from None
     if not out or any(b <= a for a, b in zip(out, out[1:])) or out[0] < 1 or out[-1] >= vocab_size:
         raise GenrnnError(f"--adaptive-softmax {spec}: the cutoffs must increase and lie between 1 and the "
-                          f"vocabulary size minus 1 ({vocab_size - 1}); an adaptive softmax needs a vocabulary "
-                          f"larger than {FIRST_CUTOFF if spec == 'auto' else 'its first cutoff'}")
+                          f"vocabulary size minus 1 ({vocab_size - 1})")
     return out
 
 
 def build(hidden_size: int, vocab_size: int, adaptive: str) -> nn.Module:
-    if not adaptive:
+    bounds = cutoffs(adaptive, vocab_size) if adaptive else []
+    if not bounds:
         return nn.Linear(hidden_size, vocab_size)
-    return nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, cutoffs(adaptive, vocab_size), div_value=DIV_VALUE)
+    return nn.AdaptiveLogSoftmaxWithLoss(hidden_size, vocab_size, bounds, div_value=DIV_VALUE)
 
 
 def scores(head: nn.Module, h: torch.Tensor) -> torch.Tensor:
