@@ -120,7 +120,16 @@ def symbols(args) -> List[Dict[str, Any]]:
     alice = shared() / "alice" / "alice.txt"
     parent = genrnn.load(args.shakespeare, device="cpu")
     budget = seconds(args.budget[0])
-    child = genrnn.train(alice, out=out / f"symbols-{int(budget)}s", init_from=str(args.shakespeare), time=budget,
+    texts, val = [alice], None
+    if args.rehearse:  # the parent's own text beside the new one (its first 90%: the last 10% is scored)
+        head = out / "shakespeare-first-90pc.txt"
+        head.write_text(shakespeare[: int(len(shakespeare) * 0.9)], encoding="utf-8")
+        book = alice.read_text(encoding="utf-8")  # Alice split as a run without rehearsal splits it
+        texts, val = [out / "alice-first-90pc.txt", head], out / "alice-last-10pc.txt"
+        texts[0].write_text(book[: int(len(book) * 0.9)], encoding="utf-8")
+        val.write_text(book[int(len(book) * 0.9):], encoding="utf-8")
+    child = genrnn.train(texts, out=out / (f"symbols-{int(budget)}s" + ("-rehearse" if args.rehearse else "")),
+                         val=val, init_from=str(args.shakespeare), time=budget,
                          sample_every=0, seed=args.seed)
     known = {parent.tokenizer.token_str(i) for i in range(parent.tokenizer.vocab_size)}
     new = [child.tokenizer.token_str(i) for i in range(parent.tokenizer.vocab_size, child.tokenizer.vocab_size)]
@@ -136,7 +145,7 @@ def symbols(args) -> List[Dict[str, Any]]:
     alice_text = alice.read_text(encoding="utf-8")
     rate = {c: text.count(c) / max(1, len(text)) * 1000 for c in new}
     alice_rate = {c: alice_text.count(c) / len(alice_text) * 1000 for c in new}
-    row = {"kind": "symbols", "budget_s": budget, "steps": child.result.step,
+    row = {"kind": "symbols", "budget_s": budget, "rehearse": args.rehearse, "steps": child.result.step,
            "tokens_per_s": round(child.result.tokens_per_s), "new_tokens": new,
            "unknown_before": sorted(set(alice_text) - known), "sample_chars": len(text),
            "per_1000_chars_samples": rate, "per_1000_chars_alice": alice_rate,
@@ -164,7 +173,8 @@ def table(path: Path) -> str:
                    f"{'-' if reach is None else f'{reach:.0f} s'} |")
     for r in (r for r in rows if r["kind"] == "symbols"):
         out.append("")
-        out.append(f"symbols: {r['steps']:,} steps @ {r['tokens_per_s']:,} tokens/s; new tokens "
+        out.append(f"symbols{' (with Shakespeare rehearsed)' if r.get('rehearse') else ''}: {r['steps']:,} steps @ "
+                   f"{r['tokens_per_s']:,} tokens/s; Alice validation {r['alice_val_loss']:.3f}; new tokens "
                    f"{' '.join(r['new_tokens'])}; Shakespeare RNN loss {r['shakespeare_rnn_loss_before']:.3f} -> "
                    f"{r['shakespeare_rnn_loss_after']:.3f}")
         for c in r["new_tokens"]:
@@ -184,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=20)
     p.add_argument("--length", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rehearse", action="store_true",
+                   help="symbols: train on the parent's text (tiny Shakespeare's first 90%%) beside Alice")
     p.add_argument("--start", action="append", choices=STARTS, help="speed: the starts to run (default: all)")
     p.add_argument("--lr", type=float, help="a learning rate for every run (default: the run's own)")
     args = p.parse_args(argv)
