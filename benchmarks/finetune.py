@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import genrnn
+from genrnn.config import parse_duration
 from genrnn.initfrom import LR_SCALE
 
 STARTS = ("scratch", "english", "shakespeare")
@@ -39,12 +40,6 @@ SMALL_BYTES = 50_000
 
 def shared() -> Path:
     return Path(os.environ.get("GENRNN_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def seconds(text: str) -> float:
-    from genrnn.config import parse_duration
-
-    return parse_duration(text)
 
 
 def small_corpus(out: Path) -> Path:
@@ -78,7 +73,7 @@ def speed(args) -> List[Dict[str, Any]]:
     corpus = small_corpus(out)
     rows = []
     for budget_text in args.budget:
-        budget = seconds(budget_text)
+        budget = parse_duration(budget_text)
         for start in args.start or STARTS:
             opts: Dict[str, Any] = {"lr": args.lr} if args.lr else {}
             if start == "english":
@@ -100,11 +95,6 @@ def speed(args) -> List[Dict[str, Any]]:
                    "dropout": cfg["model"]["dropout"], "vocab": run.tokenizer.vocab_size, "curve": points}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
-        scratch = next((r for r in rows if r["start"] == "scratch" and r["budget_s"] == budget), None)
-        for r in rows if scratch else ():
-            if r["budget_s"] == budget:
-                r["time_to_scratch_best"] = first_time_at(r["curve"], scratch["best_loss"])
-                r["scratch_best_at"] = first_time_at(scratch["curve"], scratch["best_loss"])
     return rows
 
 
@@ -119,7 +109,7 @@ def symbols(args) -> List[Dict[str, Any]]:
     tail.write_text(shakespeare[int(len(shakespeare) * 0.9):], encoding="utf-8")
     alice = shared() / "alice" / "alice.txt"
     parent = genrnn.load(args.shakespeare, device="cpu")
-    budget = seconds(args.budget[0])
+    budget = parse_duration(args.budget[0])
     texts, val = [alice], None
     if args.rehearse:  # the parent's own text beside the new one (its first 90%: the last 10% is scored)
         head = out / "shakespeare-first-90pc.txt"
@@ -162,10 +152,8 @@ def table(path: Path) -> str:
            "best mixture | its RNN part | reaches from-scratch's best at |", "|---|---|---|---|---|---:|---:|---:|---:|"]
     speed_rows = [r for r in rows if r["kind"] == "speed"]
     for r in sorted(speed_rows, key=lambda r: (r["budget_s"], STARTS.index(r["start"]), -r.get("lr_scale", 1.0))):
-        reach = r.get("time_to_scratch_best")
-        if reach is None and r["start"] != "scratch":  # a later run: against the scratch run of its budget
-            scratch = next((x for x in speed_rows if x["start"] == "scratch" and x["budget_s"] == r["budget_s"]), None)
-            reach = scratch and first_time_at(r["curve"], scratch["best_loss"])
+        scratch = next((x for x in speed_rows if x["start"] == "scratch" and x["budget_s"] == r["budget_s"]), None)
+        reach = scratch and first_time_at(r["curve"], scratch["best_loss"])
         lr = f"{r['lr']:g}" if r.get("lr") else "automatic" + (f" x{r['lr_scale']:g}" if r.get("lr_scale", 1) != 1 else "")
         out.append(f"| {r['budget_s'] / 60:g} min | {r['start']} | {lr} | {r['shape']}, {r['dropout']:g} | "
                    f"{r['steps']:,} @ {r['tokens_per_s']:,} | {r['first_loss']:.3f} ({r['first_step']}) | "

@@ -311,7 +311,7 @@ class Trainer:
         self.train_model = self.model if not self.dist.enabled else nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.runtime.device.index] if self.runtime.device.type == "cuda" else None,
             broadcast_buffers=not callable(getattr(self.model, "fit", None)),
-            find_unused_parameters=bool(config.model.adaptive_softmax))
+            find_unused_parameters=any(isinstance(m, nn.AdaptiveLogSoftmaxWithLoss) for m in self.model.modules()))
         # a run started from trained weights takes smaller steps by default: they start near a good place
         self.lr = config.train.lr or auto_lr(config.model) * (initfrom.LR_SCALE if config.train.init_from else 1.0)
         self.optimizer = None if self.fitted else make_optimizer(self.model, self.lr, config, self.runtime)

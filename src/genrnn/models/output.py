@@ -17,7 +17,7 @@ logits: their log-softmax is themselves.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -71,13 +71,12 @@ def scores(head: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return flat.view(*h.shape[:-1], flat.shape[-1])
 
 
-def training_loss(head: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
-    """(logits or None, mean cross-entropy over targets that are not -100).
-    The adaptive softmax computes its loss without the full logits (None)."""
+def training_loss(head: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> Optional[torch.Tensor]:
+    """An adaptive softmax's mean cross-entropy over the targets that are not
+    -100, computed without the full logits; None for a full softmax, whose
+    loss comes from its logits."""
     if isinstance(head, nn.Linear):
-        logits = F.linear(h, head.weight, head.bias)
-        # in float32 even under bf16 autocast
-        return logits, F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return None
     keep = targets.flatten() != -100
     with torch.autocast(h.device.type, enabled=False):  # float32, as in scores()
-        return None, head(h.flatten(0, 1)[keep].float(), targets.flatten()[keep]).loss
+        return head(h.flatten(0, 1)[keep].float(), targets.flatten()[keep]).loss

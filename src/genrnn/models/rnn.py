@@ -303,7 +303,7 @@ class RNNLM(nn.Module):
     def _inputs(self, idx: torch.Tensor, feat: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.embedding is None:
             # the lesson's one-hot input; float32 even under autocast is fine
-            x = F.one_hot(idx, self.config.vocab_size).to(self._step_params()[0].dtype)  # (B, T, V)
+            x = F.one_hot(idx, self.config.vocab_size).to(next(self.rnn.parameters()).dtype)  # (B, T, V)
         else:
             x = self.embedding(idx)  # (B, T, E)
         if self.feed:  # the condition beside every token: (B, T, E + C)
@@ -317,12 +317,14 @@ class RNNLM(nn.Module):
         rnn_state, context = self.split_state(state)
         out, rnn_state = self.rnn(self._inputs(idx, context[0]), rnn_state)  # (B, T, H)
         out = self.drop(self._attend(out, context))
-        if targets is None:
-            return output.scores(self.head, out), None, self._join(rnn_state, context)  # (B, T, V)
-        if self.training:  # an adaptive softmax's loss needs no full logits: None
-            logits, loss = output.training_loss(self.head, out, targets)
-        else:  # the exact figures of the whole distribution
-            logits = output.scores(self.head, out)
+        if targets is not None and self.training:  # an adaptive softmax's loss needs no full logits: None
+            loss = output.training_loss(self.head, out, targets)
+            if loss is not None:
+                return None, loss, self._join(rnn_state, context)
+        logits = output.scores(self.head, out)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            # loss in float32 even under bf16 autocast; -100 marks padding
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         return logits, loss, self._join(rnn_state, context)
 
