@@ -2,8 +2,8 @@
 
     python benchmarks/captioning.py                                   # baselines + both designs, 10 min each
     python benchmarks/captioning.py --baselines-only                  # the two baselines, seconds
-    python benchmarks/captioning.py --time 10m --designs every-step --option hidden_size=512 \\
-        --option batch_size=32 --option condition_dim=128 --features-baseline --json captions.json
+    python benchmarks/captioning.py --time 10m --designs every-step --features-baseline --json captions.json
+    python benchmarks/captioning.py --time 10m --designs every-step --option tokenizer='"char"'   # any option
     python benchmarks/captioning.py --time 20s --features-baseline    # smoke test
 
 Data: $GENRNN_SHARED_DATA/emoji-captions (captions.csv: image,caption,codepoints,
@@ -30,11 +30,13 @@ Rows of the table:
   ``--designs`` entry (``every-step``: the image embedding is fed at every step
   as well as into the initial state; ``initial``: the initial state only),
   trained for ``--time`` on train with valid as validation, captioning the test
-  images greedily (``run.caption``); ``--option KEY=VALUE`` (repeatable, JSON
-  values) and ``--preset`` pass training options;
+  images greedily (``run.caption``), with genrnn's captioner settings
+  (``autoconfig.CAPTIONER``) for every option not given; ``--option
+  KEY=VALUE`` (repeatable, JSON values) and ``--preset`` pass training options;
 * with ``--features-baseline``: a captioner on precomputed features instead of
   the CNN (``condition_vectors``: the pixels box-downsampled to 16x16x3 = 768
-  numbers in [0, 1], one row per training record; genrnn holds out 10% of
+  numbers in [0, 1] and the square roots of an 8x8x8 RGB colour histogram's
+  shares, 512 more, one row per training record; genrnn holds out 10% of
   train for validation since a vector run takes no --val), captioning the test
   images from their own feature rows, greedily.
 
@@ -66,6 +68,7 @@ TONE_RE = re.compile(r"\b(" + "|".join(re.escape(t) for t in TONES) + r") skin t
 ISSUE = {"pixel retrieval": {"bleu": 40.0, "chrf": 67.4, "exact": 0.0, "tone": 5.6, "tone_n": 90},
          "most frequent caption": {"bleu": 0.0, "chrf": 7.8}}
 FEATURE_SIDE = 16
+HISTOGRAM_BINS = 8  # per channel: 512 colour cells
 
 
 # -- data --------------------------------------------------------------------------
@@ -95,12 +98,19 @@ def pixels(paths: Sequence[str]) -> np.ndarray:
     return np.stack([load_image(p) for p in paths])
 
 
-def features(images: np.ndarray, side: int = FEATURE_SIDE) -> np.ndarray:
-    """Box-downsampled pixels, (N, 3 * side * side) float32 in [0, 1]."""
+def features(images: np.ndarray, side: int = FEATURE_SIDE, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Box-downsampled pixels, (N, 3 * side * side) in [0, 1], then the square
+    root of the share of pixels in each of bins^3 RGB colour cells: float32,
+    one row per image. The pixels say where things are, the histogram which
+    colours there are wherever they are (a skin tone)."""
     n, c, s, _ = images.shape
     k = s // side
     small = images.reshape(n, c, side, k, side, k).astype(np.float32).mean(axis=(3, 5))
-    return (small / 255.0).reshape(n, -1)
+    cells = (images // (256 // bins)).astype(np.int64)
+    codes = (cells[:, 0] * bins + cells[:, 1]) * bins + cells[:, 2]
+    hist = np.stack([np.bincount(row.ravel(), minlength=bins ** 3) for row in codes]).astype(np.float32)
+    hist = np.sqrt(hist / (s * s))
+    return np.concatenate([(small / 255.0).reshape(n, -1), hist], axis=1)
 
 
 # -- metrics -----------------------------------------------------------------------
@@ -186,7 +196,7 @@ def run_features(args, work: Path, train_px: np.ndarray, test_px: np.ndarray, re
                  options: Dict[str, Any]) -> Dict[str, Any]:
     import genrnn
 
-    npy = work / f"train-features-{FEATURE_SIDE}x{FEATURE_SIDE}.npy"
+    npy = work / "train-features.npy"
     np.save(npy, features(train_px))
     run_dir = fresh_dir(work / "run-features")
     every_step = args.designs != ["initial"]  # every-step unless only initial is asked for
@@ -201,7 +211,7 @@ def run_features(args, work: Path, train_px: np.ndarray, test_px: np.ndarray, re
     texts = run.generate("", condition=features(test_px), temperature=0, length=100, stop=["\n"])
     hyps = [t.strip() for t in texts]
     design = "every-step" if every_step else "initial"
-    out.update(method=f"genrnn, {FEATURE_SIDE}x{FEATURE_SIDE} pixel features ({design})", command=command,
+    out.update(method=f"genrnn, {FEATURE_SIDE}x{FEATURE_SIDE} pixels + colour histogram as features ({design})", command=command,
                options=options, caption_seconds=time.perf_counter() - t1, hyps=hyps, **metrics(hyps, refs))
     report(out)
     return out
@@ -225,7 +235,8 @@ def main() -> int:
                     help="every-step and/or initial (default: both); none = baselines only")
     ap.add_argument("--baselines-only", action="store_true", help="only the two baselines, no training")
     ap.add_argument("--features-baseline", action="store_true",
-                    help="also train on 16x16x3 pixel features (condition_vectors) instead of the CNN")
+                    help="also train on 16x16x3 pixels and a colour histogram as features (condition_vectors) "
+                         "instead of the CNN")
     ap.add_argument("--preset", default="", help="a genrnn preset name or JSON file (its time is overridden)")
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="a genrnn training option, e.g. hidden_size=512 (repeatable; JSON values)")

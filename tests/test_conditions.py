@@ -354,3 +354,96 @@ def test_resume_of_a_conditioned_run_is_exact(fruit_csv, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.startswith("encoder.") for k in a)
     assert resumed.condition == whole.condition
+
+
+# -- which weights a run keeps, and a captioner's defaults ------------------------------------
+
+
+def _saved_step(run_dir: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "model.safetensors"), "pt") as f:
+        return int(f.metadata()["step"])
+
+
+def test_keep_best_or_last(tmp_path):
+    """Random text over four letters: validation loss bottoms out early while
+    the model goes on memorising the training text. keep=best holds the
+    weights of that lowest loss; keep=last the final ones."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "train.txt").write_text("".join(rng.choice(list("abcd"), 3000)))
+    (tmp_path / "val.txt").write_text("".join(rng.choice(list("abcd"), 1000)))
+    steps = {}
+    for keep in ("best", "last"):
+        torch.manual_seed(0)
+        run = genrnn.train(tmp_path / "train.txt", val=tmp_path / "val.txt", out=tmp_path / keep, keep=keep,
+                           max_steps=300, eval_every=20, lr=0.02, hidden_size=96, num_layers=1, batch_size=8,
+                           seq_len=32, sample_every=0, baseline=0)
+        steps[keep] = (_saved_step(tmp_path / keep), run.result.best_val["step"], run.result.step)
+    best_at = steps["best"][1]
+    assert best_at < 300, "the set-up must overfit: the lowest validation loss before the last step"
+    assert steps["best"] == (best_at, best_at, 300)
+    assert steps["last"] == (300, best_at, 300)  # the same run; only the file differs
+    with pytest.raises(GenrnnError, match="keep"):
+        genrnn.train(tmp_path / "train.txt", out=tmp_path / "bad", keep="first", max_steps=1)
+
+
+def test_a_captioner_gets_word_tokens_and_its_last_weights(squares, tmp_path):
+    """With no options, an image run is set up as a captioner (autoconfig.CAPTIONER);
+    every option given wins, one at a time."""
+    from genrnn.autoconfig import CAPTIONER, choose_captioner
+
+    assert choose_captioner(set()).options == CAPTIONER
+    assert "tokenizer" not in choose_captioner({"tokenizer"}).options
+    torch.manual_seed(0)
+    run = genrnn.train(squares / "captions.csv", fields=["caption"], image_field="image", out=tmp_path / "a",
+                       max_steps=4, sample_every=0, val_fraction=0.1)
+    cfg = run.config
+    assert (cfg.data.tokenizer, cfg.model.hidden_size, cfg.model.num_layers, cfg.data.batch_size,
+            cfg.model.condition_dim, cfg.train.keep) == ("word", 256, 1, 32, 128, "last")
+    assert "captioner" in json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0])["auto"]["reason"]
+    run = genrnn.train(squares / "captions.csv", fields=["caption"], image_field="image", out=tmp_path / "b",
+                       max_steps=4, sample_every=0, val_fraction=0.1, tokenizer="char", hidden_size=32)
+    assert (run.config.data.tokenizer, run.config.model.hidden_size, run.config.train.keep) == ("char", 32, "last")
+
+
+def test_histogram_vectors_condition_a_captioner(squares, tmp_path):
+    """The squares as --condition-vectors: 16x16 pixels (mostly white) and an
+    8x8x8 colour histogram (a few non-zero bins among 512), the features of
+    benchmarks/captioning.py (on the emoji set, a tanh after the encoder's
+    layer norm saturated on such rows, and every image got one caption)."""
+    from genrnn.images import load_images
+
+    rows = list(csv.reader(open(squares / "captions.csv")))[1:]
+    px = load_images([squares / r[0] for r in rows])
+    small = px.reshape(len(px), 3, 16, 4, 16, 4).mean(axis=(3, 5)).reshape(len(px), -1) / 255.0
+    q = (px // 32).astype(np.int64)
+    bins = (q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2]).reshape(len(px), -1)
+    hist = np.stack([np.bincount(b, minlength=512) for b in bins]) / bins.shape[1]
+    vectors = np.concatenate([small, np.sqrt(hist)], axis=1).astype(np.float32)
+    np.save(tmp_path / "f.npy", vectors)
+    torch.manual_seed(0)
+    run = genrnn.train(squares / "captions.csv", fields=["caption"], condition_vectors=tmp_path / "f.npy",
+                       out=tmp_path / "run", max_steps=300, sample_every=0, eval_every=100)
+    assert run.generate(condition=vectors[:6], temperature=0) == [r[1] for r in rows[:6]]
+
+
+def test_vector_features_are_centred_over_the_batch():
+    """Features much the same in every row (a background) leave no common part
+    for the projection to grow (encoders.Centre), and a training batch of one
+    row uses the running statistics."""
+    from genrnn.models.encoders import Centre, VectorEncoder
+
+    enc = VectorEncoder(ModelConfig(condition="vector", condition_size=40, condition_dim=8)).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.ones(16, 40)
+    x[:, :4] = torch.rand(16, 4, generator=g)  # four features tell the rows apart
+    with torch.no_grad():
+        enc.proj.weight.mul_(50.0)
+        pre = enc.proj(enc.norm(x))
+        spread = float(enc(x).std(0).mean())
+    assert torch.allclose(pre.mean(0), enc.proj.bias, atol=1e-4)  # the rows' common part is gone
+    assert spread > 0.3
+    one = Centre(3).train()
+    one.running_mean.fill_(1.0)
+    assert torch.allclose(one(torch.tensor([[2.0, 1.0, 0.0]])), torch.tensor([[1.0, 0.0, -1.0]]), atol=1e-4)

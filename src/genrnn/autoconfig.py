@@ -156,6 +156,26 @@ def choose(facts: DeviceFacts, budget_s: Optional[float], corpus_chars: int, tok
     return Choice(o, _say(o, why, facts, budget_s))
 
 
+CAPTIONED = ("image", "vector")  # condition kinds with one caption per record
+CAPTIONER = {"tokenizer": "word", "hidden_size": 256, "num_layers": 1, "batch_size": 32, "condition_dim": 128,
+             "keep": "last"}
+
+
+def choose_captioner(explicit) -> Choice:
+    """The options for a captioner (one text per image or feature vector),
+    each unless the user gave it. Measured on the emoji set (docs/benchmarks.md,
+    "Captioning"): word tokens, so that a caption is a few decisions and never
+    a misspelt name; a 1x256 LSTM with a 128-wide image embedding; batches of
+    32 captions; and the last weights, not those of the lowest validation
+    loss, which is dominated by captions whose words were never seen and
+    bottoms out long before the captions of known things stop improving."""
+    o = {k: v for k, v in CAPTIONER.items() if k not in explicit}
+    said = {"tokenizer": "{} tokens", "hidden_size": "hidden size {}", "num_layers": "{} layer(s)",
+            "batch_size": "batches of {}", "condition_dim": "a condition embedding of {}", "keep": "keeping the {} weights"}
+    parts = [said[k].format(v) for k, v in o.items()]
+    return Choice(o, "settings for a captioner: " + ", ".join(parts) + " (any of these options you give wins)")
+
+
 def _order(corpus_chars: int, words: bool) -> int:
     """The n-gram order for the mixture. Measured on seven corpora (Kneser-Ney
     alone, orders 3-8, docs/benchmarks.md): at char level 8 was best or within

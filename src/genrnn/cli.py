@@ -25,7 +25,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from . import __version__
-from .config import CELLS, DEVICES, LAYOUTS, PRECISIONS, TOKENIZER_KINDS
+from .config import CELLS, DEVICES, KEEPS, LAYOUTS, PRECISIONS, TOKENIZER_KINDS
 from .errors import GenrnnError
 
 EXIT_USAGE = 2
@@ -150,6 +150,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--time", default=S, help="stop after this wall-clock time, e.g. 90s, 10m, 1h (default if no "
                                               "other stop: 5m); the learning-rate schedule follows the clock")
     t.add_argument("--eval-every", type=int, default=S, help="steps between validations (default: 200)")
+    t.add_argument("--keep", choices=KEEPS, default=S,
+                   help="the weights the run keeps: best = lowest validation loss, last = the latest "
+                        "(default: best; last for a captioner)")
     t.add_argument("--save-every", type=int, default=S, help="steps between checkpoints (default: each validation)")
     t.add_argument("--sample-every", type=int, default=S, help="steps between printed samples; 0 = none (default: 500)")
     t.add_argument("--sample-prompt", default=S, help="prompt for those samples (default: empty)")

@@ -30,6 +30,7 @@ LAYOUTS = ("stream", "lines")
 TOKENIZER_KINDS = ("char", "word", "whitespace", "bpe")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KEEPS = ("best", "last")  # which weights a run keeps in model.safetensors
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ class TrainConfig:
     epochs: Optional[float] = None
     time: Optional[float] = None  # wall-clock budget in seconds
     eval_every: int = 200
+    # the weights model.safetensors keeps: the lowest validation loss ("best"), or the latest ("last"):
+    # a captioner's validation loss rises on unseen words while its captions still improve
+    keep: str = "best"
     eval_tokens: int = 262_144  # periodic evaluations look at this many tokens at most
     log_every: int = 10
     save_every: Optional[int] = None  # None: at every evaluation
@@ -160,6 +164,7 @@ class TrainConfig:
     def validate(self) -> None:
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("keep", self.keep, KEEPS)
         if self.lr is not None and not (0 < self.lr < math.inf):
             raise GenrnnError(f"--lr must be a number > 0, got {self.lr}")
         for name in ("weight_decay", "grad_clip"):

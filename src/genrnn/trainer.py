@@ -267,9 +267,14 @@ class Trainer:
         spec.validate()
         train_docs, val_docs = load_documents(spec, progress_download and self.dist.is_main)
         self.auto = None
-        if explicit is not None and not resume and spec.condition is None and config.model.type == "rnn" \
-                and not set(explicit) & set(autoconfig.CHOSEN):
-            config = self._choose(config, explicit, train_docs)
+        if explicit is not None and not resume and config.model.type == "rnn":
+            if spec.condition is None and not set(explicit) & set(autoconfig.CHOSEN):
+                config = self._choose(config, explicit, train_docs)
+            elif spec.condition in autoconfig.CAPTIONED:
+                choice = autoconfig.choose_captioner(explicit)
+                if choice.options:
+                    self.auto = {"reason": choice.reason, "options": choice.options}
+                    config = override(config, **choice.options)
         parent = None
         if config.train.init_from and not resume:
             if spec.condition is not None:
@@ -498,12 +503,12 @@ class Trainer:
         for key in ("rnn_loss", "baseline_loss", "mix_weight"):
             if key in metrics:
                 record[key if key == "mix_weight" else "val_" + key] = metrics[key]
-        if p.best_val is None or metrics["loss"] < p.best_val["loss"]:
+        best = p.best_val is None or metrics["loss"] < p.best_val["loss"]
+        if best:
             p.best_val = dict(metrics, step=p.step)
-            if self.dist.is_main:
-                ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model,
-                                  {"step": p.step, "val_loss": metrics["loss"]})
             record["best"] = True
+        if (best or self.config.train.keep == "last") and self.dist.is_main:
+            ckpt.save_weights(self.run_dir / ckpt.WEIGHTS, self.model, {"step": p.step, "val_loss": metrics["loss"]})
         self._metrics(record)
         if self.config.train.plot and self.dist.is_main:
             from .plots import PLOT, plot_runs

@@ -21,9 +21,12 @@ from typing import Callable, Dict, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
+
+COLOURS = 64  # the image encoder's learned colour bins
 
 
 class LabelEncoder(nn.Module):
@@ -35,25 +38,54 @@ class LabelEncoder(nn.Module):
         return self.embedding(labels)
 
 
+class Centre(nn.BatchNorm1d):
+    """Each feature centred and scaled over the batch (running statistics at
+    evaluation). A per-row layer norm does not centre features that are much
+    the same in every row (a white background's pixels, empty histogram
+    bins): their common part stays, Adam's steps grow the projection of it
+    step after step until it drowns the part that tells rows apart, and every
+    row gets one embedding (emoji captions from 16x16 pixels and a colour
+    histogram: one caption for every image after 6,000 steps, or a saturated
+    tanh sooner). A training batch of one row has no statistics: it uses the
+    running ones."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class VectorEncoder(nn.Module):
+    """Features of any scale (raw CNN activations, one-hots, histograms),
+    centred (:class:`Centre`), then a linear map and a layer norm."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         width, dim = config.condition_size, config.condition_dim
-        self.norm = nn.LayerNorm(width)  # features of any scale (raw CNN activations, one-hots...)
+        self.norm = Centre(width)
         self.proj = nn.Linear(width, dim)
+        self.out = nn.LayerNorm(dim)
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, dim)
-        return torch.tanh(self.proj(self.norm(vectors.float())))
+        return self.out(self.proj(self.norm(vectors.float())))
 
 
 class ConvEncoder(nn.Module):
-    """Four 3x3 conv + batch norm + ReLU + 2x2 max-pool blocks (32, 64, 128,
-    128 channels), then the flattened 4x4 map (not a global average: where a
-    colour sits tells a face from a background) through a linear layer, with
-    layer norms on both sides and no tanh. Without the batch norms the
-    decoder's learning rate (1e-2) collapsed the encoder to one output for
-    every image within a few steps (at 2e-3 it learned); a tanh output
-    saturated the same way. Other image sizes are pooled to 4x4 too."""
+    """Two branches, centred (:class:`Centre`) and joined by a linear layer
+    with a layer norm after it (no tanh, which saturated):
+
+    * *where*: four 3x3 conv + batch norm + ReLU + 2x2 max-pool blocks (32,
+      64, 128, 128 channels), then the flattened 4x4 map (not a global
+      average: where a colour sits tells a face from a background). Without
+      the batch norms the decoder's learning rate (1e-2) collapsed the encoder
+      to one output for every image within a few steps.
+    * *which colours*: two 1x1 convs (32, 64 channels, ReLU) on the image
+      pooled to half size, averaged over the whole image: a learned colour
+      histogram, the share of pixels in each colour region wherever they are.
+      The spatial branch alone read skin tone badly (the tone of a hand is a
+      colour at a different place in every emoji).
+
+    Other image sizes are pooled to 4x4 too."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -63,12 +95,16 @@ class ConvEncoder(nn.Module):
         for a, b in zip(channels, channels[1:]):
             layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
                        nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.LayerNorm(128 * 16))
-        self.proj = nn.Sequential(nn.Linear(128 * 16, dim), nn.LayerNorm(dim))
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.colours = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(3, 32, 1), nn.ReLU(inplace=True),
+                                     nn.Conv2d(32, COLOURS, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
+                                     nn.Flatten())
+        width = 128 * 16 + COLOURS
+        self.proj = nn.Sequential(Centre(width), nn.Linear(width, dim), nn.LayerNorm(dim))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) uint8 -> (B, dim)
         x = images.float() * (2.0 / 255.0) - 1.0
-        return self.proj(self.features(x))
+        return self.proj(torch.cat([self.features(x), self.colours(x)], dim=1))
 
 
 class TextEncoder(nn.Module):
