@@ -447,3 +447,18 @@ def test_vector_features_are_centred_over_the_batch():
     one = Centre(3).train()
     one.running_mean.fill_(1.0)
     assert torch.allclose(one(torch.tensor([[2.0, 1.0, 0.0]])), torch.tensor([[1.0, 0.0, -1.0]]), atol=1e-4)
+
+
+def test_colour_histogram():
+    """The image encoder's colour branch: one cell per colour, shares that are
+    the same wherever the colour sits, rows of unit length."""
+    from genrnn.models.encoders import colour_histogram
+
+    img = torch.full((2, 3, 8, 8), 255, dtype=torch.uint8)
+    img[0, :, :4, :4] = torch.tensor([200, 40, 40], dtype=torch.uint8)[:, None, None]  # a red quarter, top left
+    img[1, :, 4:, 4:] = torch.tensor([200, 40, 40], dtype=torch.uint8)[:, None, None]  # ... bottom right
+    h = colour_histogram(img)
+    assert h.shape == (2, 512) and torch.equal(h[0], h[1])
+    red, white = (6 * 8 + 1) * 8 + 1, 511
+    assert torch.allclose(h[0, [red, white]], torch.tensor([0.5, 0.75 ** 0.5]))
+    assert torch.allclose((h ** 2).sum(1), torch.ones(2))

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
 
-COLOURS = 64  # the image encoder's learned colour bins
+HISTOGRAM_BINS = 8  # per channel: the image encoder's 512 colour cells
 
 
 class LabelEncoder(nn.Module):
@@ -70,20 +70,30 @@ class VectorEncoder(nn.Module):
         return self.out(self.proj(self.norm(vectors.float())))
 
 
+def colour_histogram(images: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> (B, bins**3): the square root of the share of
+    pixels in each RGB colour cell (Swain and Ballard's colour indexing)."""
+    cells = torch.div(images.long(), 256 // bins, rounding_mode="floor")
+    codes = ((cells[:, 0] * bins + cells[:, 1]) * bins + cells[:, 2]).flatten(1)  # (B, S*S)
+    counts = torch.zeros(images.shape[0], bins ** 3, device=images.device)
+    counts.scatter_add_(1, codes, torch.ones_like(codes, dtype=counts.dtype))
+    return (counts / codes.shape[1]).sqrt()
+
+
 class ConvEncoder(nn.Module):
-    """Two branches, centred (:class:`Centre`) and joined by a linear layer
+    """Two branches, each normalized on its own and joined by a linear layer
     with a layer norm after it (no tanh, which saturated):
 
     * *where*: four 3x3 conv + batch norm + ReLU + 2x2 max-pool blocks (32,
       64, 128, 128 channels), then the flattened 4x4 map (not a global
-      average: where a colour sits tells a face from a background). Without
-      the batch norms the decoder's learning rate (1e-2) collapsed the encoder
-      to one output for every image within a few steps.
-    * *which colours*: two 1x1 convs (32, 64 channels, ReLU) on the image
-      pooled to half size, averaged over the whole image: a learned colour
-      histogram, the share of pixels in each colour region wherever they are.
+      average: where a colour sits tells a face from a background) and a
+      layer norm. Without the batch norms the decoder's learning rate (1e-2)
+      collapsed the encoder to one output for every image within a few steps.
+    * *which colours*: a fixed colour histogram (:func:`colour_histogram`),
+      centred (:class:`Centre`): which colours there are, wherever they are.
       The spatial branch alone read skin tone badly (the tone of a hand is a
-      colour at a different place in every emoji).
+      colour at a different place in every emoji), and so did a learned
+      histogram (1x1 convs averaged over the image) trained with it.
 
     Other image sizes are pooled to 4x4 too."""
 
@@ -95,16 +105,14 @@ class ConvEncoder(nn.Module):
         for a, b in zip(channels, channels[1:]):
             layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True),
                        nn.MaxPool2d(2)]
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())
-        self.colours = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(3, 32, 1), nn.ReLU(inplace=True),
-                                     nn.Conv2d(32, COLOURS, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-                                     nn.Flatten())
-        width = 128 * 16 + COLOURS
-        self.proj = nn.Sequential(Centre(width), nn.Linear(width, dim), nn.LayerNorm(dim))
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.LayerNorm(128 * 16))
+        self.colours = Centre(HISTOGRAM_BINS ** 3)
+        width = 128 * 16 + HISTOGRAM_BINS ** 3
+        self.proj = nn.Sequential(nn.Linear(width, dim), nn.LayerNorm(dim))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) uint8 -> (B, dim)
         x = images.float() * (2.0 / 255.0) - 1.0
-        return self.proj(torch.cat([self.features(x), self.colours(x)], dim=1))
+        return self.proj(torch.cat([self.features(x), self.colours(colour_histogram(images))], dim=1))
 
 
 class TextEncoder(nn.Module):
