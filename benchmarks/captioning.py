@@ -30,7 +30,7 @@ Rows of the table:
   ``--designs`` entry (``every-step``: the image embedding is fed at every step
   as well as into the initial state; ``initial``: the initial state only),
   trained for ``--time`` on train with valid as validation, captioning the test
-  images greedily (``run.caption``), with genrnn's captioner settings
+  images with the default beam (``run.caption``) and greedily, with genrnn's captioner settings
   (``autoconfig.CAPTIONER``) for every option not given; ``--option
   KEY=VALUE`` (repeatable, JSON values) and ``--preset`` pass training options;
 * with ``--features-baseline``: a captioner on precomputed features instead of
@@ -38,7 +38,7 @@ Rows of the table:
   numbers in [0, 1] and the square roots of an 8x8x8 RGB colour histogram's
   shares, 512 more, one row per training record; genrnn holds out 10% of
   train for validation since a vector run takes no --val), captioning the test
-  images from their own feature rows, greedily.
+  images from their own feature rows, decoded the same two ways.
 
 The figures issue-measured for the baselines are printed beside this run's.
 """
@@ -172,7 +172,7 @@ def summary(run, wall: float) -> Dict[str, Any]:
 
 
 def run_captioner(design: str, args, work: Path, test_paths: List[str], refs: List[str],
-                  options: Dict[str, Any]) -> Dict[str, Any]:
+                  options: Dict[str, Any]) -> List[Dict[str, Any]]:
     import genrnn
 
     run_dir = fresh_dir(work / f"run-{design}")
@@ -183,17 +183,27 @@ def run_captioner(design: str, args, work: Path, test_paths: List[str], refs: Li
     run = genrnn.train(work / "train.csv", fields=["caption"], image_field="image", val=[work / "valid.csv"],
                        out=run_dir, time=args.seconds, condition_every_step=DESIGNS[design], sample_every=0,
                        preset=args.preset or None, **options)
-    out = summary(run, time.perf_counter() - t0)
-    t1 = time.perf_counter()
-    hyps = [h.strip() for h in run.caption(test_paths, length=100)]
-    out.update(method=f"genrnn, {design}", command=command, options=options, caption_seconds=time.perf_counter() - t1,
-               hyps=hyps, **metrics(hyps, refs))
-    report(out)
-    return out
+    return decoded(run, summary(run, time.perf_counter() - t0), f"genrnn, {design}", command, options, refs,
+                   lambda beam: run.caption(test_paths, length=100, beam=beam))
+
+
+def decoded(run, out: Dict[str, Any], method: str, command: str, options: Dict[str, Any], refs: List[str],
+            caption) -> List[Dict[str, Any]]:
+    """Two rows for one captioner: its default decoding (a beam of CAPTION_BEAM) and greedy."""
+    from genrnn.beam import CAPTION_BEAM
+
+    rows = []
+    for beam, how in ((CAPTION_BEAM, f"beam {CAPTION_BEAM}, the default"), (1, "greedy")):
+        t1 = time.perf_counter()
+        hyps = [h.strip() for h in caption(beam)]
+        rows.append(dict(out, method=f"{method}, {how}", command=command, options=options, beam=beam,
+                         caption_seconds=time.perf_counter() - t1, hyps=hyps, **metrics(hyps, refs)))
+        report(rows[-1])
+    return rows
 
 
 def run_features(args, work: Path, train_px: np.ndarray, test_px: np.ndarray, refs: List[str],
-                 options: Dict[str, Any]) -> Dict[str, Any]:
+                 options: Dict[str, Any]) -> List[Dict[str, Any]]:
     import genrnn
 
     npy = work / "train-features.npy"
@@ -206,15 +216,17 @@ def run_features(args, work: Path, train_px: np.ndarray, test_px: np.ndarray, re
     run = genrnn.train(work / "train.csv", fields=["caption"], condition_vectors=npy, out=run_dir,
                        time=args.seconds, condition_every_step=every_step, sample_every=0,
                        preset=args.preset or None, **options)
-    out = summary(run, time.perf_counter() - t0)
-    t1 = time.perf_counter()
-    texts = run.generate("", condition=features(test_px), temperature=0, length=100, stop=["\n"])
-    hyps = [t.strip() for t in texts]
     design = "every-step" if every_step else "initial"
-    out.update(method=f"genrnn, {FEATURE_SIDE}x{FEATURE_SIDE} pixels + colour histogram as features ({design})", command=command,
-               options=options, caption_seconds=time.perf_counter() - t1, hyps=hyps, **metrics(hyps, refs))
-    report(out)
-    return out
+    rows = features(test_px)
+
+    def caption(beam: int) -> List[str]:
+        if beam == 1:
+            return run.generate("", condition=rows, temperature=0, length=100, stop=["\n"])
+        return [h[0][0] for h in run.beam_search([""] * len(rows), beam=beam, length=100, condition=rows)]
+
+    return decoded(run, summary(run, time.perf_counter() - t0),
+                   f"genrnn, {FEATURE_SIDE}x{FEATURE_SIDE} pixels + colour histogram as features ({design})",
+                   command, options, refs, caption)
 
 
 def report(r: Dict[str, Any]) -> None:
@@ -298,9 +310,9 @@ def main() -> int:
                   + ("  (same)" if same else "  (DIFFERENT)"))
 
         for design in args.designs:
-            results.append(run_captioner(design, args, work, test_paths, refs, options))
+            results += run_captioner(design, args, work, test_paths, refs, options)
         if args.features_baseline:
-            results.append(run_features(args, work, train_px, test_px, refs, options))
+            results += run_features(args, work, train_px, test_px, refs, options)
     finally:
         if tmp is not None:
             tmp.cleanup()

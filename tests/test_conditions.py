@@ -407,6 +407,16 @@ def test_a_captioner_gets_word_tokens_and_its_last_weights(squares, tmp_path):
     assert (run.config.data.tokenizer, run.config.model.hidden_size, run.config.train.keep) == ("char", 32, "last")
 
 
+def test_the_cli_says_which_weights_a_captioner_kept(squares, tmp_path, capsys):
+    rc, out, err = cli(capsys, "train", squares / "captions.csv", "--image-field", "image", "--field", "caption",
+                       "--max-steps", "3", "--val-fraction", "0.1", "--sample-every", "0", "--out", tmp_path / "c",
+                       "--no-progress")
+    assert rc == 0, err
+    said = out + err
+    assert "settings for a captioner: word tokens" in said
+    assert "holds the last weights (step 3)" in said
+
+
 def test_histogram_vectors_condition_a_captioner(squares, tmp_path):
     """The squares as --condition-vectors: 16x16 pixels (mostly white) and an
     8x8x8 colour histogram (a few non-zero bins among 512), the features of
@@ -462,3 +472,31 @@ def test_colour_histogram():
     red, white = (6 * 8 + 1) * 8 + 1, 511
     assert torch.allclose(h[0, [red, white]], torch.tensor([0.5, 0.75 ** 0.5]))
     assert torch.allclose((h ** 2).sum(1), torch.ones(2))
+
+
+def test_captions_are_beam_searched_unless_asked_otherwise(squares, tmp_path, monkeypatch):
+    """run.caption: a beam of beam.CAPTION_BEAM by default; beam=1 is greedy
+    (the sampling core); a temperature samples; both at once is an error."""
+    from genrnn.api import TrainedModel
+    from genrnn.beam import CAPTION_BEAM
+
+    torch.manual_seed(0)
+    run = genrnn.train(squares / "captions.csv", fields=["caption"], image_field="image", out=tmp_path / "c",
+                       max_steps=5, sample_every=0, val_fraction=0.1)
+    beams = []
+    real = TrainedModel.beam_search
+
+    def spy(self, *args, **kwargs):
+        beams.append(kwargs["beam"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainedModel, "beam_search", spy)
+    images = [squares / "img" / f"{i}.png" for i in range(3)]
+    default = run.caption(images)
+    assert beams == [CAPTION_BEAM] and CAPTION_BEAM > 1
+    assert run.caption(images, beam=CAPTION_BEAM) == default
+    greedy = run.caption(images, beam=1)
+    assert run.caption(images, temperature=0.7, seed=1) and beams == [CAPTION_BEAM] * 2
+    assert greedy == [c.text for c in run.complete([""] * 3, condition=images, temperature=0, length=100)]
+    with pytest.raises(GenrnnError, match="not both"):
+        run.caption(images, beam=2, temperature=0.5)

@@ -117,6 +117,15 @@ def test_captions_from_base64_and_raw_bodies(server, runs):
                    headers={"Content-Type": "image/png"}, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["captions"][0]["text"] == local[0]
+    # the same decoding as run.caption: a beam of 3 by default, or the one asked for
+    greedy = runs["cap"].caption(images, beam=1)
+    r = post(server, "/v1/captions", model="cap", image=data, beam=1)
+    assert [c["text"] for c in r.json()["captions"]] == greedy
+    r = httpx.post(f"{server.url}/v1/captions?model=cap&beam=1", content=images[0].read_bytes(),
+                   headers={"Content-Type": "image/png"}, timeout=60)
+    assert r.json()["captions"][0]["text"] == greedy[0]
+    e = error_of(post(server, "/v1/captions", model="cap", image=data, beam=2, temperature=0.5))
+    assert "beam" in e["message"] and "temperature" in e["message"]
 
 
 def test_caption_errors_are_400(server, runs):

@@ -28,7 +28,7 @@ from .errors import GenrnnError
 from .evaluate import evaluate
 from .presets import load_preset
 from .runtime import make_runtime
-from .beam import beam_search, check_beam
+from .beam import CAPTION_BEAM, beam_search, check_beam
 from .sampling import Completion, SampleConfig, TextStream, complete
 from .state import start
 from .tokenizers import EOS_ID
@@ -124,17 +124,22 @@ class TrainedModel:
 
     def caption(self, images: Sequence[Any], *, length: int = 100, temperature: float = 0.0,
                 beam: Optional[int] = None, **options) -> List[str]:
-        """One caption per image (paths, bytes or uint8 arrays), greedy unless
-        a temperature or a ``beam`` is given; all images in one batch."""
+        """One caption per image (paths, bytes or uint8 arrays), all in one
+        batch: the most likely one by beam search (``beam``, default
+        :data:`~genrnn.beam.CAPTION_BEAM`; 1 is greedy), or sampled at a
+        ``temperature`` above 0."""
         if self.condition is None or self.condition.kind != "image":
             hint = (": it reads precomputed features; give them with condition= (genrnn sample --condition-vector)"
                     if self.condition is not None and self.condition.kind == "vector" else
                     " (it was trained without --image-field)")
             raise GenrnnError(f"{self.run_dir} is not an image captioner{hint}")
         images = [images] if isinstance(images, (str, Path, bytes)) else list(images)
-        if beam is not None:
-            if temperature:
-                raise GenrnnError("give a beam or a temperature, not both")
+        if beam is not None and temperature:
+            raise GenrnnError("give a beam or a temperature, not both")
+        if not temperature:
+            beam = CAPTION_BEAM if beam is None else beam
+            check_beam(beam, 1)
+        if beam is not None and beam > 1:
             found = self.beam_search([""] * len(images), beam=beam, length=length, condition=images,
                                      batch_size=len(images) or 1)
             return [h[0][0] for h in found]

@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("run", help="run folder of a captioner (trained with --image-field)")
     k.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     k.add_argument("--length", type=int, default=100, help="tokens per caption at most (default: 100)")
-    k.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the most likely caption (default)")
+    k.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = the most likely caption, by beam search (default; --beam 1 is greedy); above 0, sampled")
     k.add_argument("--seed", type=int, help="random seed, with a temperature")
     k.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     k.add_argument("--json", action="store_true", help="one JSON object per image")
@@ -490,6 +491,9 @@ class _TrainReporter:
             lines.append(f"genrnn: best validation loss {b['loss']:.4f} nats/token, perplexity {b['perplexity']:.2f}, "
                          f"{b['bits_per_char']:.3f} bits/char (step {b['step']})")
             lines += _baseline_verdict(b, self.baseline)
+            if self.info["config"]["train"]["keep"] == "last":
+                lines.append(f"genrnn: model.safetensors holds the last weights (step {result.step}), not those of "
+                             "the best validation loss (--keep last)")
         condition = self.info["config"]["model"]["condition"]
         if condition == "image":
             lines.append(f"genrnn: caption with: genrnn caption {result.run_dir} IMAGE...")

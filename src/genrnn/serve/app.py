@@ -40,6 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..beam import CAPTION_BEAM
 from ..errors import GenrnnError
 from ..sampling import row_seed
 from ..tokenizers import EOS_ID
@@ -199,7 +200,7 @@ def create_app(models: Mapping[str, Any], limits: Limits = Limits(), api_key: Op
                   "image/*": {"schema": {"type": "string", "format": "binary"}}}, "required": True}},
               responses=_pick(400, 401, 404, 413, 429, 500, 503))
     async def create_caption(request: Request):
-        """JSON ``{"image": BASE64 or [BASE64...], "model", "max_tokens", "temperature", "seed"}``,
+        """JSON ``{"image": BASE64 or [BASE64...], "model", "max_tokens", "temperature", "beam", "seed"}``,
         or an image file as the body (``Content-Type: image/png``; the other
         fields as query parameters)."""
         body, images = await _caption_body(request)
@@ -217,8 +218,12 @@ def create_app(models: Mapping[str, Any], limits: Limits = Limits(), api_key: Op
             condition = run.condition.encode(images)
         except GenrnnError as e:
             raise APIError(400, str(e), param="image") from None
+        if body.beam is not None and body.temperature > 0:
+            raise APIError(400, "give a beam or a temperature above 0, not both", param="beam")
+        beam = None if body.temperature > 0 else (CAPTION_BEAM if body.beam is None else body.beam)
         request_body = CompletionRequest(prompt=[""] * len(images), max_tokens=body.max_tokens,
-                                         temperature=body.temperature, seed=body.seed)
+                                         temperature=body.temperature, seed=body.seed,
+                                         beam=beam if beam is not None and beam > 1 else None)
         job = _Job.build(request_body, name, run, limits, condition=condition)
         sink, ticket, watcher = _submit(engine, name, job, request)
         try:
@@ -283,7 +288,7 @@ async def _caption_body(request: Request) -> Tuple[CaptionRequest, List[bytes]]:
     try:
         if kind.startswith("image/") or kind == "application/octet-stream":
             query = dict(request.query_params)
-            for key in ("max_tokens", "seed"):
+            for key in ("max_tokens", "seed", "beam"):
                 if key in query:
                     query[key] = int(query[key])
             if "temperature" in query:

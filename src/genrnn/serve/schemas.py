@@ -172,7 +172,10 @@ class CaptionRequest(_Strict):
     image: Union[str, List[str]] = Field(description="A base64-encoded image file (PNG, JPEG, ...), or a list.")
     max_tokens: int = Field(100, ge=1, description="Tokens per caption at most.")
     temperature: float = Field(0.0, ge=0.0, le=10.0, allow_inf_nan=False,
-                               description="0 = greedy: the most likely caption.")
+                               description="0 = the most likely caption, by beam search; above 0, sampled.")
+    beam: Optional[int] = Field(None, ge=1, le=64,
+                                description="Beams for the most likely caption (default 3, as `genrnn caption`; "
+                                            "1 is greedy). Not with a temperature above 0.")
     seed: Optional[int] = Field(None, ge=-(2**63), le=2**63 - 1)
 
 
