@@ -408,13 +408,23 @@ def test_a_captioner_gets_word_tokens_and_its_last_weights(squares, tmp_path):
 
 
 def test_the_cli_says_which_weights_a_captioner_kept(squares, tmp_path, capsys):
-    rc, out, err = cli(capsys, "train", squares / "captions.csv", "--image-field", "image", "--field", "caption",
-                       "--max-steps", "3", "--val-fraction", "0.1", "--sample-every", "0", "--out", tmp_path / "c",
-                       "--no-progress")
+    """Each caption ends in a word of its own, so validation loss rises once
+    the captioner learns the training words; the run keeps its last weights
+    and says so."""
+    rows = list(csv.reader(open(squares / "captions.csv")))[1:]
+    write_table(tmp_path / "c.csv", [(str(squares / r[0]), f"{r[1]} w{i}") for i, r in enumerate(rows)],
+                header=("image", "caption"))
+    rc, out, err = cli(capsys, "train", tmp_path / "c.csv", "--image-field", "image", "--field", "caption",
+                       "--max-steps", "60", "--eval-every", "5", "--val-fraction", "0.2", "--sample-every", "0",
+                       "--out", tmp_path / "c", "--no-progress")
     assert rc == 0, err
     said = out + err
     assert "settings for a captioner: word tokens" in said
-    assert "holds the last weights (step 3)" in said
+    evals = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    best = [r["step"] for r in evals if r.get("best")]
+    assert best[-1] < 60, "the set-up must overfit: the lowest validation loss before the last step"
+    assert f"(step {best[-1]})" in said and "holds the last weights (step 60)" in said
+    assert _saved_step(tmp_path / "c") == 60
 
 
 def test_histogram_vectors_condition_a_captioner(squares, tmp_path):

@@ -491,7 +491,7 @@ class _TrainReporter:
             lines.append(f"genrnn: best validation loss {b['loss']:.4f} nats/token, perplexity {b['perplexity']:.2f}, "
                          f"{b['bits_per_char']:.3f} bits/char (step {b['step']})")
             lines += _baseline_verdict(b, self.baseline)
-            if self.info["config"]["train"]["keep"] == "last":
+            if self.info["config"]["train"]["keep"] == "last" and b["step"] != result.step:
                 lines.append(f"genrnn: model.safetensors holds the last weights (step {result.step}), not those of "
                              "the best validation loss (--keep last)")
         condition = self.info["config"]["model"]["condition"]
