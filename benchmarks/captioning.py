@@ -68,7 +68,6 @@ TONE_RE = re.compile(r"\b(" + "|".join(re.escape(t) for t in TONES) + r") skin t
 ISSUE = {"pixel retrieval": {"bleu": 40.0, "chrf": 67.4, "exact": 0.0, "tone": 5.6, "tone_n": 90},
          "most frequent caption": {"bleu": 0.0, "chrf": 7.8}}
 FEATURE_SIDE = 16
-HISTOGRAM_BINS = 8  # per channel: 512 colour cells
 
 
 # -- data --------------------------------------------------------------------------
@@ -98,18 +97,19 @@ def pixels(paths: Sequence[str]) -> np.ndarray:
     return np.stack([load_image(p) for p in paths])
 
 
-def features(images: np.ndarray, side: int = FEATURE_SIDE, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+def features(images: np.ndarray, side: int = FEATURE_SIDE) -> np.ndarray:
     """Box-downsampled pixels, (N, 3 * side * side) in [0, 1], then the square
-    root of the share of pixels in each of bins^3 RGB colour cells: float32,
+    root of the share of pixels in each of 8^3 RGB colour cells: float32,
     one row per image. The pixels say where things are, the histogram which
     colours there are wherever they are (a skin tone)."""
+    import torch
+
+    from genrnn.models.encoders import colour_histogram
+
     n, c, s, _ = images.shape
     k = s // side
     small = images.reshape(n, c, side, k, side, k).astype(np.float32).mean(axis=(3, 5))
-    cells = (images // (256 // bins)).astype(np.int64)
-    codes = (cells[:, 0] * bins + cells[:, 1]) * bins + cells[:, 2]
-    hist = np.stack([np.bincount(row.ravel(), minlength=bins ** 3) for row in codes]).astype(np.float32)
-    hist = np.sqrt(hist / (s * s))
+    hist = colour_histogram(torch.from_numpy(images)).numpy()  # the image encoder's own
     return np.concatenate([(small / 255.0).reshape(n, -1), hist], axis=1)
 
 
@@ -183,11 +183,11 @@ def run_captioner(design: str, args, work: Path, test_paths: List[str], refs: Li
     run = genrnn.train(work / "train.csv", fields=["caption"], image_field="image", val=[work / "valid.csv"],
                        out=run_dir, time=args.seconds, condition_every_step=DESIGNS[design], sample_every=0,
                        preset=args.preset or None, **options)
-    return decoded(run, summary(run, time.perf_counter() - t0), f"genrnn, {design}", command, options, refs,
+    return decoded(summary(run, time.perf_counter() - t0), f"genrnn, {design}", command, options, refs,
                    lambda beam: run.caption(test_paths, length=100, beam=beam))
 
 
-def decoded(run, out: Dict[str, Any], method: str, command: str, options: Dict[str, Any], refs: List[str],
+def decoded(out: Dict[str, Any], method: str, command: str, options: Dict[str, Any], refs: List[str],
             caption) -> List[Dict[str, Any]]:
     """Two rows for one captioner: its default decoding (a beam of CAPTION_BEAM) and greedy."""
     from genrnn.beam import CAPTION_BEAM
@@ -224,7 +224,7 @@ def run_features(args, work: Path, train_px: np.ndarray, test_px: np.ndarray, re
             return run.generate("", condition=rows, temperature=0, length=100, stop=["\n"])
         return [h[0][0] for h in run.beam_search([""] * len(rows), beam=beam, length=100, condition=rows)]
 
-    return decoded(run, summary(run, time.perf_counter() - t0),
+    return decoded(summary(run, time.perf_counter() - t0),
                    f"genrnn, {FEATURE_SIDE}x{FEATURE_SIDE} pixels + colour histogram as features ({design})",
                    command, options, refs, caption)
 

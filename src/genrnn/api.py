@@ -28,7 +28,7 @@ from .errors import GenrnnError
 from .evaluate import evaluate
 from .presets import load_preset
 from .runtime import make_runtime
-from .beam import CAPTION_BEAM, beam_search, check_beam
+from .beam import beam_search, caption_beam, check_beam
 from .sampling import Completion, SampleConfig, TextStream, complete
 from .state import start
 from .tokenizers import EOS_ID
@@ -134,12 +134,8 @@ class TrainedModel:
                     " (it was trained without --image-field)")
             raise GenrnnError(f"{self.run_dir} is not an image captioner{hint}")
         images = [images] if isinstance(images, (str, Path, bytes)) else list(images)
-        if beam is not None and temperature:
-            raise GenrnnError("give a beam or a temperature, not both")
-        if not temperature:
-            beam = CAPTION_BEAM if beam is None else beam
-            check_beam(beam, 1)
-        if beam is not None and beam > 1:
+        beam = caption_beam(beam, temperature)
+        if beam is not None:
             found = self.beam_search([""] * len(images), beam=beam, length=length, condition=images,
                                      batch_size=len(images) or 1)
             return [h[0][0] for h in found]

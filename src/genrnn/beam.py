@@ -60,6 +60,19 @@ def check_beam(beam: int, num_return: int = 1) -> None:
         raise GenrnnError(f"--num-return must be from 1 to the beam size ({beam}), got {num_return!r}")
 
 
+def caption_beam(beam: Optional[int], temperature: float) -> Optional[int]:
+    """How a caption is decoded, the same for the API, the CLI and the server:
+    the beam to search with (2 or more; :data:`CAPTION_BEAM` unless given), or
+    None for the sampling core (``beam=1``: greedy; a temperature: sampled)."""
+    if beam is not None and temperature:
+        raise GenrnnError("give a beam or a temperature, not both")
+    if temperature:
+        return None
+    beam = CAPTION_BEAM if beam is None else beam
+    check_beam(beam, 1)
+    return beam if beam > 1 else None
+
+
 def _score(logprob: float, length: int, alpha: float) -> float:
     return logprob / max(1, length) ** alpha
 

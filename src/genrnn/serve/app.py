@@ -40,7 +40,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..beam import CAPTION_BEAM
+from ..beam import caption_beam
 from ..errors import GenrnnError
 from ..sampling import row_seed
 from ..tokenizers import EOS_ID
@@ -218,12 +218,12 @@ def create_app(models: Mapping[str, Any], limits: Limits = Limits(), api_key: Op
             condition = run.condition.encode(images)
         except GenrnnError as e:
             raise APIError(400, str(e), param="image") from None
-        if body.beam is not None and body.temperature > 0:
-            raise APIError(400, "give a beam or a temperature above 0, not both", param="beam")
-        beam = None if body.temperature > 0 else (CAPTION_BEAM if body.beam is None else body.beam)
+        try:
+            beam = caption_beam(body.beam, body.temperature)
+        except GenrnnError as e:
+            raise APIError(400, str(e), param="beam") from None
         request_body = CompletionRequest(prompt=[""] * len(images), max_tokens=body.max_tokens,
-                                         temperature=body.temperature, seed=body.seed,
-                                         beam=beam if beam is not None and beam > 1 else None)
+                                         temperature=body.temperature, seed=body.seed, beam=beam)
         job = _Job.build(request_body, name, run, limits, condition=condition)
         sink, ticket, watcher = _submit(engine, name, job, request)
         try:
